@@ -1,0 +1,102 @@
+"""Build datasets from plain config dicts (as read from YAML presets).
+
+    build_dataset({"name": "shapes", "size": 20000, "seed": 0, "num_shapes": 1})
+    build_dataset({"name": "fashion_mnist", "root": None, "split": "train", "resolution": 32})
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+from torch.utils.data import Dataset
+
+from .folder import ImageFolderDataset
+from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, MNISTDataset, require_fashion_mnist
+from .shapes import ShapesDataset
+
+__all__ = ["DATASETS", "build_dataset", "dataset_keys"]
+
+
+def _shapes(size: int = 10000, seed: int = 0, resolution: int = 32, num_shapes: int | str = 1) -> Dataset:
+    return ShapesDataset(size=size, seed=seed, resolution=resolution, num_shapes=num_shapes)
+
+
+def _need_root(name: str, root: str | None) -> Path:
+    if root is None or str(root) == "":
+        raise ValueError(f"dataset {name!r} reads local files: set its root (e.g. data.root=/path/to/folder)")
+    return Path(root)
+
+
+def _image_folder(
+    root: str | None,
+    resolution: int,
+    transform: dict[str, Any] | None = None,
+    classes: str = "auto",
+    channels: int = 3,
+    captions: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    folder = _need_root("image_folder", root)
+    return ImageFolderDataset(folder, resolution, transform, classes=classes, channels=channels, captions=captions, seed=seed)
+
+
+def _mnist(
+    root: str | None,
+    split: str = "train",
+    resolution: int | None = None,
+    resize: str = "pad",
+    channels: int = 1,
+    hflip: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    return MNISTDataset(_need_root("mnist", root), split, resolution, resize, channels, MNIST_CLASSES, hflip, seed)
+
+
+def _fashion_mnist(
+    root: str | None = None,
+    split: str = "train",
+    resolution: int | None = None,
+    resize: str = "pad",
+    channels: int = 1,
+    hflip: float = 0.0,
+    seed: int = 0,
+) -> Dataset:
+    folder = Path(root) if root is not None else require_fashion_mnist()
+    return MNISTDataset(folder, split, resolution, resize, channels, FASHION_MNIST_CLASSES, hflip, seed)
+
+
+#: name -> builder; each builder's keyword arguments are the config keys it accepts.
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "shapes": _shapes,
+    "image_folder": _image_folder,
+    "mnist": _mnist,
+    "fashion_mnist": _fashion_mnist,
+}
+
+
+def dataset_keys(name: str) -> tuple[list[str], list[str]]:
+    """(required, optional) config keys of dataset `name`."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names are {sorted(DATASETS)}")
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    required = [p.name for p in params if p.default is inspect.Parameter.empty]
+    optional = [p.name for p in params if p.default is not inspect.Parameter.empty]
+    return required, optional
+
+
+def build_dataset(cfg: dict[str, Any]) -> Dataset:
+    """The dataset described by `cfg` ({"name": ..., **keys}); bad names or keys raise ValueError."""
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise ValueError(f"a dataset config is a dict with a 'name' key; valid names are {sorted(DATASETS)}")
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    required, optional = dataset_keys(name)
+    unknown = sorted(set(cfg) - set(required) - set(optional))
+    if unknown:
+        raise ValueError(f"unknown keys {unknown} for dataset {name!r}; valid keys are {sorted(required + optional)}")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        raise ValueError(f"dataset {name!r} needs the keys {missing}; valid keys are {sorted(required + optional)}")
+    return DATASETS[name](**cfg)
