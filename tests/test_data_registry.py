@@ -19,11 +19,11 @@ def test_builds_each_kind(tmp_path):
     mnist = build_dataset({"name": "mnist", "root": str(tmp_path), "resolution": 32, "channels": 3})
     assert isinstance(mnist, MNISTDataset) and mnist[1]["label"] == 9 and mnist[1]["image"].shape == (3, 32, 32)
     assert mnist.class_names[9] == "9"
-    assert sorted(DATASETS) == ["fashion_mnist", "image_folder", "mnist", "shapes"]
+    assert {"fashion_mnist", "image_folder", "mnist", "shapes"} <= set(DATASETS)
 
 
 def test_config_errors_list_valid_choices():
-    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; valid names are \['fashion_mnist'"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'cifar'; valid names are \[.*'cifar10', .*'shapes'"):
         build_dataset({"name": "cifar"})
     with pytest.raises(ValueError, match=r"unknown keys \['sise'\] for dataset 'shapes'; valid keys are \['num_shapes', 'resolution', 'seed', 'size'\]"):
         build_dataset({"name": "shapes", "sise": 3})

@@ -1,7 +1,14 @@
-"""Datasets and transforms. Items are dicts {"image": [C,H,W] in [-1,1], "label"?: int, "caption"?: str};
-every dataset has num_classes, class_names, channels and resolution, and set_epoch(epoch)."""
+"""Datasets and transforms. Items are dicts {"image": [C,H,W] in [-1,1], "label"?: int, "caption"?: str,
+"tags"?: FloatTensor[K]}; every dataset has num_classes, class_names, channels and resolution, and
+set_epoch(epoch). Streaming shards (ShardDataset) are iterable; cached latents (LatentDataset) hold
+latents in "image"."""
 
 from .attributes import conditional_accuracy, predict_class, read_attributes
+from .captions import caption_folder_dataset, coco_captions_dataset, cub_captions_dataset
+from .celeba import CELEBA_CROP, celeba_dataset, read_celeba_attributes
+from .cifar import CIFARDataset, safe_load_pickle
+from .classindex import class_index_dataset, read_class_index
+from .digits import DigitsDataset
 from .folder import IMAGE_EXTENSIONS, ImageFolderDataset
 from .idx import (
     FASHION_MNIST_CLASSES,
@@ -12,8 +19,12 @@ from .idx import (
     require_fashion_mnist,
     write_idx,
 )
+from .imagelist import ImageListDataset
+from .latents import LatentDataset, cache_latents
 from .registry import DATASETS, build_dataset, dataset_keys
 from .shapes import COLORS, SHAPES, SIZES, POSITIONS, ShapesDataset, shape_class_names
+from .shard_writer import shards_main, write_shards
+from .shards import ShardDataset, merge_shard_states
 from .transforms import ImageTransform, build_transform, item_seed
 
 __all__ = [
@@ -41,4 +52,22 @@ __all__ = [
     "read_attributes",
     "predict_class",
     "conditional_accuracy",
+    "CIFARDataset",
+    "safe_load_pickle",
+    "celeba_dataset",
+    "read_celeba_attributes",
+    "CELEBA_CROP",
+    "class_index_dataset",
+    "read_class_index",
+    "coco_captions_dataset",
+    "cub_captions_dataset",
+    "caption_folder_dataset",
+    "DigitsDataset",
+    "ImageListDataset",
+    "ShardDataset",
+    "merge_shard_states",
+    "write_shards",
+    "shards_main",
+    "cache_latents",
+    "LatentDataset",
 ]

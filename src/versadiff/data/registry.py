@@ -12,9 +12,16 @@ from typing import Any, Callable
 
 from torch.utils.data import Dataset
 
+from .captions import caption_folder_dataset, coco_captions_dataset, cub_captions_dataset
+from .celeba import celeba_dataset
+from .cifar import CIFARDataset
+from .classindex import class_index_dataset
+from .digits import DigitsDataset
 from .folder import ImageFolderDataset
 from .idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, MNISTDataset, require_fashion_mnist
+from .latents import LatentDataset
 from .shapes import ShapesDataset
+from .shards import ShardDataset
 
 __all__ = ["DATASETS", "build_dataset", "dataset_keys"]
 
@@ -67,12 +74,100 @@ def _fashion_mnist(
     return MNISTDataset(folder, split, resolution, resize, channels, FASHION_MNIST_CLASSES, hflip, seed)
 
 
+def _cifar10(root: str | None, split: str = "train", resolution: int | None = None, hflip: float = 0.0, seed: int = 0) -> Dataset:
+    return CIFARDataset(_need_root("cifar10", root), split, "cifar10", "fine", resolution, hflip, seed)
+
+
+def _cifar100(
+    root: str | None, split: str = "train", labels: str = "fine", resolution: int | None = None, hflip: float = 0.0, seed: int = 0
+) -> Dataset:
+    return CIFARDataset(_need_root("cifar100", root), split, "cifar100", labels, resolution, hflip, seed)
+
+
+def _celeba(
+    root: str | None,
+    resolution: int = 64,
+    split: str = "train",
+    crop: str = "celeba148",
+    attributes: list[str] | None = None,
+    label_attributes: list[str] | None = None,
+    hflip: float = 0.0,
+    images: str = "img_align_celeba",
+    seed: int = 0,
+) -> Dataset:
+    return celeba_dataset(_need_root("celeba", root), resolution, split, crop, attributes, label_attributes, hflip, images, seed)
+
+
+def _class_index_folder(
+    root: str | None, class_index: str, resolution: int, transform: dict[str, Any] | None = None, channels: int = 3, seed: int = 0
+) -> Dataset:
+    return class_index_dataset(_need_root("class_index_folder", root), class_index, resolution, transform, channels, seed)
+
+
+def _coco_captions(
+    annotations: str, images: str, resolution: int, transform: dict[str, Any] | None = None, seed: int = 0
+) -> Dataset:
+    return coco_captions_dataset(annotations, images, resolution, transform, seed)
+
+
+def _cub_captions(
+    root: str | None, resolution: int, transform: dict[str, Any] | None = None, images: str = "images", text: str = "text", seed: int = 0
+) -> Dataset:
+    return cub_captions_dataset(_need_root("cub_captions", root), resolution, transform, images, text, seed)
+
+
+def _caption_folder(
+    root: str | None, resolution: int, transform: dict[str, Any] | None = None, channels: int = 3, seed: int = 0
+) -> Dataset:
+    return caption_folder_dataset(_need_root("caption_folder", root), resolution, transform, channels, seed)
+
+
+def _digits(resolution: int = 8, upsample: str = "nearest", channels: int = 1, split: str = "all") -> Dataset:
+    return DigitsDataset(resolution, upsample, channels, split)
+
+
+def _webdataset(
+    shards: str | list[str],
+    resolution: int,
+    transform: dict[str, Any] | None = None,
+    channels: int = 3,
+    captions: bool = True,
+    shuffle_buffer: int = 1000,
+    shuffle_shards: bool = True,
+    seed: int = 0,
+    min_caption_len: int = 0,
+    max_caption_len: int | None = None,
+    min_size: int = 0,
+    min_area: int = 0,
+    aspect: list[float] | None = None,
+) -> Dataset:
+    return ShardDataset(
+        shards, resolution, transform, channels, captions, shuffle_buffer, shuffle_shards, seed,
+        min_caption_len=min_caption_len, max_caption_len=max_caption_len, min_size=min_size, min_area=min_area,
+        aspect=None if aspect is None else tuple(aspect),
+    )
+
+
+def _latents(path: str, flip_prob: float = 0.5, seed: int = 0) -> Dataset:
+    return LatentDataset(path, flip_prob, seed)
+
+
 #: name -> builder; each builder's keyword arguments are the config keys it accepts.
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "shapes": _shapes,
     "image_folder": _image_folder,
     "mnist": _mnist,
     "fashion_mnist": _fashion_mnist,
+    "cifar10": _cifar10,
+    "cifar100": _cifar100,
+    "celeba": _celeba,
+    "class_index_folder": _class_index_folder,
+    "coco_captions": _coco_captions,
+    "cub_captions": _cub_captions,
+    "caption_folder": _caption_folder,
+    "digits": _digits,
+    "webdataset": _webdataset,
+    "latents": _latents,
 }
 
 
