@@ -1,0 +1,281 @@
+"""The `versadiff` command: train, sample, demo, presets, export (and eval when installed).
+
+User errors print `versadiff: error: <one line>` and exit with status 2; set VERSADIFF_DEBUG=1 for tracebacks.
+Several GPUs: `accelerate launch --num_processes 4 -m versadiff.cli train CONFIG ...` (no code change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+DEMO_ASSET = "demo_shapes_unet.safetensors"
+DEMO_PER_CLASS = 4
+
+
+class CLIError(Exception):
+    """A user error with a one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's one-line error format."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"versadiff: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from versadiff.config import format_config, load_config
+
+    overrides = list(args.set or [])
+    config = args.config
+    if config is None and overrides and "=" not in overrides[-1]:
+        config = overrides.pop()  # `train --set a=1 CONFIG`: --set took CONFIG, which is no KEY=VALUE
+    if config is None:
+        raise CLIError("the following arguments are required: CONFIG (a preset name or YAML path)")
+    cfg = load_config(config, overrides)
+    if args.dry_run:
+        sys.stdout.write(format_config(cfg))
+        return 0
+    from versadiff.train.trainer import Trainer
+
+    trainer = Trainer(cfg, out=args.out, resume=args.resume, quiet=args.quiet)
+    run_dir = trainer.run()
+    if trainer.accelerator.is_main_process and not args.quiet:
+        print(f"run folder: {run_dir}")
+        print(f"exported weights: {run_dir / 'export' / 'model.safetensors'}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# sample
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import torch
+
+    return {"versadiff": version("versadiff"), "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def _cycle_labels(model: Any, n: int, cls: str | None) -> list[int] | None:
+    """--class C for all images, or cycle through the classes (class-conditional models)."""
+    if cls is not None:
+        return [model.class_index(cls)] * n
+    if model.num_classes:
+        return [i % model.num_classes for i in range(n)]
+    return None
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from versadiff.pipelines import load_model, save_grid, to_pil
+
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    model = load_model(args.checkpoint)
+    s = model.config.sample
+    sampler = args.sampler or s.sampler
+    steps = args.steps if args.steps is not None else s.steps
+    guidance = args.guidance if args.guidance is not None else (s.guidance if model.num_classes else 0.0)
+    labels = _cycle_labels(model, args.n, args.cls)
+    seeds = list(range(args.seed, args.seed + args.n))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    images = model.generate(seeds, sampler=sampler, steps=steps, guidance=guidance, class_labels=labels,
+                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, (seed, img) in enumerate(zip(seeds, to_pil(images))):
+        name = f"seed{seed:06d}.png"
+        img.save(out / name)
+        records.append({"file": name, "seed": seed, "class": None if labels is None else labels[i],
+                        "class_name": _name(model, labels[i]) if labels is not None else None})
+    nrow = model.num_classes if labels is not None and args.cls is None and model.num_classes <= 20 else 8
+    save_grid(images, out / "grid.png", nrow=nrow)
+    settings = {"checkpoint": str(model.source), "step": model.step, "n": args.n, "sampler": sampler, "steps": steps,
+                "guidance": guidance, "guidance_convention": "(1 + w) * cond - w * uncond", "seed": args.seed,
+                "batch_size": args.batch_size, "device": str(device), "sampler_options": model.config.sample.options,
+                "images": records, "versions": _versions(), "config": model.config.to_dict()}
+    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    print(f"wrote {args.n} images, grid.png and settings.json to {out}")
+    return 0
+
+
+def _name(model: Any, label: int) -> str | None:
+    return model.class_names[label] if 0 <= label < len(model.class_names) else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# demo
+
+
+def demo_asset_path() -> Path:
+    """Where the shipped demo weights live inside the package."""
+    return Path(__file__).resolve().parent / "assets" / DEMO_ASSET
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from versadiff.pipelines import load_model, save_grid
+
+    out = Path(args.out)
+    if args.train:
+        from versadiff.config import load_config
+        from versadiff.train.trainer import Trainer
+
+        cfg = load_config("shapes_unet_tiny", args.set or [])
+        run_dir = Trainer(cfg, runs_root=out / "runs", quiet=args.quiet).run()
+        weights = run_dir / "export" / "model.safetensors"
+    else:
+        if args.set:
+            raise CLIError("--set only applies with --train (it overrides the shapes_unet_tiny preset)")
+        weights = demo_asset_path()
+        if not weights.is_file():
+            raise CLIError(f"the demo weights {weights} are not installed; produce them with: versadiff demo --train")
+    model = load_model(weights)
+    if not model.num_classes:
+        raise CLIError(f"{weights} is not a class-conditional model; the demo needs the shapes preset")
+    k = model.num_classes
+    labels = [c for _ in range(DEMO_PER_CLASS) for c in range(k)]  # row r holds one image of every class
+    seeds = list(range(len(labels)))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    images = model.generate(seeds, class_labels=labels, batch_size=args.batch_size, device=device,
+                            progress=not args.quiet and sys.stderr.isatty())
+    out.mkdir(parents=True, exist_ok=True)
+    grid = save_grid(images, out / "demo_grid.png", nrow=k)
+    from versadiff.data.attributes import conditional_accuracy
+
+    acc = float(conditional_accuracy(images, torch.tensor(labels)))
+    s = model.config.sample
+    report = {"weights": str(weights), "grid": str(grid), "conditional_accuracy": acc, "n": len(labels),
+              "sampler": s.sampler, "steps": s.steps, "guidance": s.guidance, "versions": _versions()}
+    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"weights:  {weights}")
+    print(f"grid:     {grid}  ({DEMO_PER_CLASS} rows x {k} classes; {s.sampler}, {s.steps} steps, guidance {s.guidance})")
+    print(f"conditional accuracy (shapes attribute reader): {acc:.3f} over {len(labels)} samples")
+    if args.train:
+        print(f"to make these the shipped demo weights: cp {weights} {demo_asset_path()}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# presets / export
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from versadiff.config import list_presets, load_config
+    from versadiff.nets import count_parameters
+
+    rows = []
+    for name in list_presets():
+        cfg = load_config(name)
+        model = cfg.model.get("preset") or cfg.model.get("type") or "?"
+        try:
+            params = f"{count_parameters(cfg.model) / 1e6:.1f}M"
+        except ValueError as e:  # a preset whose network does not build is worth showing, not hiding
+            params = f"error: {e}"
+        rows.append((name, model, str(cfg.data.get("name", "?")), params, cfg.description))
+    head = ("name", "model", "data", "params", "description")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from versadiff.train.trainer import export_weights
+
+    path = export_weights(args.source, args.out)
+    print(f"exported EMA weights to {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="versadiff", description="Diffusion models: train, sample, evaluate.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a preset or a YAML config")
+    t.add_argument("config", metavar="CONFIG", nargs="?", help="preset name (versadiff presets) or YAML path")
+    t.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override, e.g. train.lr=1.0e-4")
+    t.add_argument("--out", help="run folder (default: runs/NNNNN-<name>-<desc>)")
+    t.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
+                   help="continue from the latest checkpoint of --out, or from PATH (checkpoint or run folder)")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="generate images from trained weights")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="exported .safetensors, run folder or checkpoint dir")
+    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("--sampler", help="ddpm, ddim, dpmpp, dpm, euler, heun (default: the run's)")
+    s.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
+    s.add_argument("--guidance", type=float, help="CFG weight w: (1 + w) cond - w uncond (default: the run's)")
+    s.add_argument("--class", dest="cls", metavar="C", help="class index or name (default: cycle through classes)")
+    s.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sample)
+
+    d = sub.add_parser("demo", help="sample the shipped class-conditional shapes model and score it")
+    d.add_argument("--train", action="store_true", help="first retrain the shapes_unet_tiny preset")
+    d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="preset overrides for --train")
+    d.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    d.add_argument("--batch-size", type=int, default=72)
+    d.add_argument("--quiet", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    pr = sub.add_parser("presets", help="list the packaged training presets")
+    pr.set_defaults(func=cmd_presets)
+
+    e = sub.add_parser("export", help="write EMA-only inference weights from a checkpoint or run folder")
+    e.add_argument("source", metavar="SOURCE", help="checkpoint directory or run folder")
+    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.set_defaults(func=cmd_export)
+
+    if importlib.util.find_spec("versadiff.eval.cli") is not None:
+        from versadiff.eval.cli import register_eval_command
+
+        register_eval_command(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `versadiff` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as e:
+        if os.environ.get("VERSADIFF_DEBUG"):
+            raise
+        sys.stderr.write(f"versadiff: error: {' '.join(str(e).split())}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("versadiff: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

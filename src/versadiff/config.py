@@ -1,0 +1,350 @@
+"""Run configurations: typed, nested dataclasses read from YAML presets (never executed).
+
+A run is described by `RunConfig`; `load_config("shapes_unet_tiny", ["train.lr=1.0e-4"])` reads a
+packaged preset (or a YAML path), applies `--set` overrides and validates every key and type.
+Free-form sections (`model`, `data`, `diffusion.schedule`, `sample.options`, `autoencoder`) are passed
+untouched to their builders, which validate them. Errors are one-line `ConfigError`s (a ValueError)
+that name the key and what it expects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DiffusionConfig",
+    "TrainConfig",
+    "SampleConfig",
+    "RunConfig",
+    "load_config",
+    "parse_override",
+    "apply_overrides",
+    "list_presets",
+    "preset_path",
+    "save_config",
+    "config_from_dict",
+    "format_config",
+]
+
+PRESET_PACKAGE = "versadiff.configs"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message is one line naming the key and the fix."""
+
+
+@dataclass
+class DiffusionConfig:
+    """The Gaussian process used for training and the defaults for sampling."""
+
+    #: passed to versadiff.processes.build_schedule
+    schedule: dict = field(
+        default_factory=lambda: {"type": "logsnr", "kind": "cosine", "logsnr_min": -20.0, "logsnr_max": 20.0}
+    )
+    prediction: str = "eps"  # what the network outputs: eps | x0 | v | both
+    loss: str = "mse"
+    # mse weight on |x_hat - x|^2: constant | snr (= eps-MSE) | truncated_snr | alpha2 (= v-MSE) | min_snr
+    weighting: str = "snr"
+    # 0: continuous t ~ U(0, 1); T > 0: t = (randint(T) + 1) / T (VDPM); None: the schedule's table size, else 0
+    train_steps: int | None = None
+    variance: str = "fixed_small"  # reverse variance (kl loss, ancestral sampling): fixed_small | fixed_large | fixed_medium
+    intp_frac: float = 0.3  # fixed_medium interpolation fraction (VDPM cifar10_cond)
+    p_uncond: float = 0.0  # probability of dropping the condition while training (classifier-free guidance)
+    clip_x0: float | None = 1.0  # clamp x0_hat to [-c, c] when sampling pixel models; None: no clamp
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, EMA, logging and checkpoint cadence. `batch_size` is per device and micro-batch."""
+
+    batch_size: int = 32
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 2.0e-4
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1.0e-8
+    warmup_steps: int = 0  # linear warm-up from 0 to lr, then constant (VDPM / U-ViT)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    grad_clip: float | None = 1.0  # max global grad norm; None: no clipping (the norm is still logged)
+    mixed_precision: str = "no"  # no | fp16 | bf16
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay = min(ema_decay, (1 + n) / (10 + n)), as VDPM
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 10
+    sample_every: int = 0  # 0: only at the end
+    checkpoint_every: int = 0  # 0: only at the end
+    keep_last: int = 3  # checkpoints kept on disk
+    compile: bool = False  # torch.compile the network
+
+
+@dataclass
+class SampleConfig:
+    """Defaults for sample grids during training and for `versadiff sample`."""
+
+    sampler: str = "ddim"
+    steps: int = 50
+    guidance: float = 0.0  # classifier-free guidance weight w: (1 + w) * cond - w * uncond; 0 = plain conditional
+    n: int = 16  # images in the training-time sample grid
+    seed: int = 0  # first seed; image i uses seed + i
+    options: dict = field(default_factory=dict)  # extra sampler keyword options (e.g. eta)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; saved resolved into the run folder and into exported weights."""
+
+    name: str = "run"
+    description: str = ""
+    model: dict = field(default_factory=dict)  # passed to versadiff.nets.build_net
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: dict = field(default_factory=dict)  # passed to versadiff.data.build_dataset
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    #: latent models: {"path": <local autoencoder dir>, "scale_factor": ...}; None for pixel models
+    autoencoder: dict | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-serialisable dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "diffusion.prediction": ("eps", "x0", "v", "both"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+}
+POSITIVE: tuple[str, ...] = ("train.batch_size", "train.max_steps", "train.grad_accum", "train.keep_last",
+                             "train.log_every", "sample.steps", "sample.n")
+NON_NEGATIVE: tuple[str, ...] = ("train.warmup_steps", "train.sample_every", "train.checkpoint_every",
+                                 "train.num_workers", "diffusion.train_steps", "train.lr", "train.weight_decay")
+
+
+# ---------------------------------------------------------------------------------------------------
+# dict -> dataclass with type checks
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return f"list of {len(typing.get_args(tp))} numbers"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return {dict: "mapping", str: "string", int: "integer", float: "number", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (int -> float, list -> tuple)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                pass
+        _bad_type(value, tp, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _bad_type(value, tp, key)
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            _bad_type(value, tp, key)
+        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+    if tp is bool:
+        if not isinstance(value, bool):
+            _bad_type(value, tp, key)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _bad_type(value, tp, key)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _bad_type(value, tp, key)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _bad_type(value, tp, key)
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            _bad_type(value, tp, key)
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this file, not user input
+
+
+def _bad_type(value: Any, tp: Any, key: str) -> typing.NoReturn:
+    hint = ""
+    if isinstance(value, str) and "e" in value.lower():
+        try:
+            float(value)
+            hint = " (YAML reads 1e-4 as a string: write 1.0e-4)"
+        except ValueError:
+            pass
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {type(value).__name__} {value!r}{hint}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(f"unknown config key '{prefix}{k}'; valid keys under '{prefix or '.'}': {', '.join(names)}")
+        kwargs[k] = _coerce(v, hints[k], prefix + k)
+    return cls(**kwargs)
+
+
+def _check_values(cfg: RunConfig) -> None:
+    for key, options in CHOICES.items():
+        v = _get(cfg, key)
+        if v not in options:
+            raise ConfigError(f"config key '{key}' must be one of {', '.join(options)}, got {v!r}")
+    for key in POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"config key '{key}' must be > 0, got {_get(cfg, key)!r}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) is not None and _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)!r}")
+    if not 0.0 <= cfg.diffusion.p_uncond < 1.0:
+        raise ConfigError(f"config key 'diffusion.p_uncond' must lie in [0, 1), got {cfg.diffusion.p_uncond!r}")
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1), got {cfg.train.ema_decay!r}")
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Validate a plain dict (e.g. parsed YAML/JSON) into a RunConfig."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a run config must be a mapping at the top level, got {type(data).__name__}")
+    cfg = _build(RunConfig, data, "")
+    _check_values(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# --set overrides
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.lr=1e-4' -> (['train', 'lr'], 0.0001). The value is read as a YAML scalar or list."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value (e.g. train.lr=1.0e-4)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML (quote strings with special characters)")
+    if isinstance(value, str):
+        # YAML 1.1 reads "1e-4" as a string; a number is what anyone typing it on a command line means.
+        try:
+            value = float(value) if any(c in value.lower() for c in ".e") and "nan" not in value.lower() else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key.sub=value` overrides to a raw config dict (in place) and return it."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{'.'.join(path[: i + 1])}' is a {type(child).__name__}, not a mapping")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# presets and files
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (src/versadiff/configs/*.yaml), sorted."""
+    root = resources.files(PRESET_PACKAGE)
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """Path of a packaged preset; one-line error listing the presets when unknown."""
+    if name not in list_presets():
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(list_presets())} or give a path to a YAML file")
+    return Path(str(resources.files(PRESET_PACKAGE) / f"{name}.yaml"))
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML{where}; check indentation and quoting") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a run config must be a mapping at the top level")
+    return data
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a preset name or a YAML/JSON file, apply `--set` overrides, validate and return a RunConfig."""
+    text = str(name_or_path)
+    is_path = text.endswith((".yaml", ".yml", ".json")) or "/" in text or Path(text).is_file()
+    if is_path:
+        path = Path(text)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {text} not found; give a preset name (versadiff presets) or a YAML path")
+        default_name = path.stem
+    else:
+        path = preset_path(text)
+        default_name = text
+    data = _read_yaml(path)
+    data.setdefault("name", default_name)
+    apply_overrides(data, list(overrides or []))
+    return config_from_dict(data)
+
+
+def save_config(cfg: RunConfig, folder: str | Path) -> None:
+    """Write the resolved config as config.yaml and config.json into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d = cfg.to_dict()
+    (folder / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    (folder / "config.json").write_text(json.dumps(d, indent=2) + "\n")
+
+
+def format_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML text (what `versadiff train --dry-run` prints)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
