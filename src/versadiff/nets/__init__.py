@@ -1,0 +1,32 @@
+"""Denoising networks: ADM/VDPM UNet and U-ViT, with presets and config.json + safetensors I/O.
+
+Every network has forward(x [B,C,H,W], t [B] net_time, class_labels=None, context=None).
+"""
+
+from versadiff.nets.layers import timestep_embedding
+from versadiff.nets.registry import (
+    PRESETS,
+    build_net,
+    config_from,
+    config_to_dict,
+    count_parameters,
+    load_pretrained,
+    save_pretrained,
+)
+from versadiff.nets.unet import UNet, UNetConfig
+from versadiff.nets.uvit import UViT, UViTConfig
+
+__all__ = [
+    "PRESETS",
+    "UNet",
+    "UNetConfig",
+    "UViT",
+    "UViTConfig",
+    "build_net",
+    "config_from",
+    "config_to_dict",
+    "count_parameters",
+    "load_pretrained",
+    "save_pretrained",
+    "timestep_embedding",
+]

@@ -1,0 +1,162 @@
+"""Building blocks shared by the networks: time embeddings, attention, configs, checkpointing.
+
+Conventions every network in this package follows (the trainer and samplers rely on them):
+  forward(x [B,C,H,W], t [B] float net_time, class_labels=None, context=None) -> [B,C_out,H,W]
+  class_labels == -1 is the null class; context all-zero is "no context" (see versadiff.conditioning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, ClassVar, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "timestep_embedding",
+    "attention",
+    "MultiHeadAttention",
+    "NetConfig",
+    "CheckpointMixin",
+    "check_input",
+    "class_indices",
+]
+
+C = TypeVar("C", bound="NetConfig")
+
+
+def timestep_embedding(
+    t: Tensor, dim: int, *, max_period: float = 10000.0, cos_first: bool = False, freq_shift: float = 1.0
+) -> Tensor:
+    """Sinusoidal embedding [B, dim] (float32) of (possibly fractional) times t [B].
+
+    Frequencies are max_period^(-i / (half - freq_shift)), i = 0..half-1.
+    VDPM / fairseq: [sin, cos], freq_shift=1.  U-ViT / ADM: [cos, sin], freq_shift=0.
+    """
+    if t.ndim != 1:
+        raise ValueError(f"timesteps must be a 1-D tensor [B], got shape {tuple(t.shape)}")
+    half = dim // 2
+    # operation order as in U-ViT / diffusers so fp32 results agree bit-for-bit at large t
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - freq_shift)
+    args = t.float()[:, None] * torch.exp(exponent)[None]
+    parts = [torch.cos(args), torch.sin(args)] if cos_first else [torch.sin(args), torch.cos(args)]
+    emb = torch.cat(parts, dim=-1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Scaled dot-product attention over [B, heads, L, d] tensors.
+
+    fp16 inputs are upcast to fp32 so the softmax cannot overflow (both U-ViT and UniDiffuser
+    needed this, reference §1.5/§7.7); bf16 has fp32's exponent range and runs natively.
+    """
+    if q.dtype == torch.float16:
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(torch.float16)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+class MultiHeadAttention(nn.Module):
+    """Token attention [B, L, D] -> [B, L, D]; self-attention, or cross-attention when context_dim is set."""
+
+    def __init__(
+        self, dim: int, num_heads: int, *, qkv_bias: bool = False, context_dim: int | None = None
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.cross = context_dim is not None
+        if self.cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor, n: int) -> tuple[Tensor, ...]:
+        b, length, _ = x.shape
+        return x.reshape(b, length, n, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.cross:
+            (q,) = self._heads(self.q(x), 1)
+            k, v = self._heads(self.kv(context), 2)
+        else:
+            q, k, v = self._heads(self.qkv(x), 3)
+        out = attention(q, k, v).transpose(1, 2).flatten(2)
+        return self.proj(out)
+
+
+@dataclasses.dataclass
+class NetConfig:
+    """Base of the network configs: plain fields, JSON-friendly (tuples become lists)."""
+
+    net_type: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Fields as a JSON-friendly dict (without the "type" tag; the registry adds it)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
+        """Build from a dict; unknown keys raise. A "type" key must name this config's network."""
+        d = dict(d)
+        kind = d.pop("type", cls.net_type)
+        if kind != cls.net_type:
+            raise ValueError(f"config has type {kind!r} but {cls.__name__} builds {cls.net_type!r} networks")
+        names = {f.name for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in names:
+                raise ValueError(
+                    f"unknown {cls.__name__} key {key!r}; valid keys: {', '.join(sorted(names))}"
+                )
+        return cls(**d)
+
+    def replace(self: C, **overrides: Any) -> C:
+        """A copy with some fields changed (unknown names raise like from_dict)."""
+        return type(self).from_dict({**self.to_dict(), **overrides})
+
+
+class CheckpointMixin:
+    """Per-block activation checkpointing, switched with `set_gradient_checkpointing`."""
+
+    gradient_checkpointing: bool = False
+
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.gradient_checkpointing = bool(enabled)
+
+    def _run(self, block: Callable[..., Tensor], *args: Any) -> Tensor:
+        # Only checkpoint when a backward pass will happen; otherwise it is pure overhead.
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+
+def check_input(x: Tensor, t: Tensor, in_channels: int, name: str) -> None:
+    """One-line errors for the shape mistakes every network would otherwise report cryptically."""
+    if x.ndim != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"{name} expects x of shape [B, {in_channels}, H, W], got {tuple(x.shape)}")
+    if t.ndim != 1 or t.shape[0] != x.shape[0]:
+        raise ValueError(f"{name} expects t of shape [B]=[{x.shape[0]}] (net_time), got {tuple(t.shape)}")
+
+
+def class_indices(labels: Tensor | None, num_classes: int, batch: int, device: torch.device) -> Tensor:
+    """Map labels in {-1, 0..K-1} to embedding rows {K, 0..K-1} (null row last); None means all null."""
+    if labels is None:
+        return torch.full((batch,), num_classes, dtype=torch.long, device=device)
+    if labels.dtype.is_floating_point or labels.shape != (batch,):
+        raise ValueError(
+            f"class_labels must be an integer tensor of shape [{batch}], got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if labels.device.type != "meta" and labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
+        raise ValueError(f"class_labels must lie in [-1, {num_classes - 1}] (-1 = null class)")
+    return torch.where(labels < 0, torch.full_like(labels, num_classes), labels).long()
