@@ -24,7 +24,7 @@ TINY = [
     "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]", "model.num_res_blocks=1",
     "model.attention_resolutions=[16]", "model.emb_channels=32", "model.dropout=0.1",  # dropout: global RNG matters
     "data.size=24", "train.batch_size=8", "train.grad_accum=2", "train.log_every=1", "train.sample_every=0",
-    "train.warmup_steps=3", "train.ema_decay=0.9", "sample.n=4", "sample.steps=3", "sample.guidance=0",
+    "train.warmup_steps=3", "train.ema_decay=0.9", "train.mixed_precision=no", "sample.n=4", "sample.steps=3", "sample.guidance=0",
 ]
 
 

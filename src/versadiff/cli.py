@@ -97,8 +97,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     labels = _cycle_labels(model, args.n, args.cls)
     seeds = list(range(args.seed, args.seed + args.n))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    truncation = args.truncation if args.truncation is not None else getattr(s, "truncation", 1.0)
     images = model.generate(seeds, sampler=sampler, steps=steps, guidance=guidance, class_labels=labels,
-                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty())
+                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty(),
+                            truncation=truncation)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -111,6 +113,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     save_grid(images, out / "grid.png", nrow=nrow)
     settings = {"checkpoint": str(model.source), "step": model.step, "n": args.n, "sampler": sampler, "steps": steps,
                 "guidance": guidance, "guidance_convention": "(1 + w) * cond - w * uncond", "seed": args.seed,
+                "truncation": truncation,
                 "batch_size": args.batch_size, "device": str(device), "sampler_options": model.config.sample.options,
                 "images": records, "versions": _versions(), "config": model.config.to_dict()}
     (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
@@ -182,14 +185,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from versadiff.config import list_presets, load_config
-    from versadiff.nets import count_parameters
+    from versadiff.train.tasks import count_task_parameters
 
     rows = []
     for name in list_presets():
         cfg = load_config(name)
         model = cfg.model.get("preset") or cfg.model.get("type") or "?"
         try:
-            params = f"{count_parameters(cfg.model) / 1e6:.1f}M"
+            params = f"{count_task_parameters(cfg) / 1e6:.1f}M"
         except ValueError as e:  # a preset whose network does not build is worth showing, not hiding
             params = f"error: {e}"
         rows.append((name, model, str(cfg.data.get("name", "?")), params, cfg.description))
@@ -228,9 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="generate images from trained weights")
     s.add_argument("checkpoint", metavar="CHECKPOINT", help="exported .safetensors, run folder or checkpoint dir")
     s.add_argument("--n", type=int, required=True, help="number of images")
-    s.add_argument("--sampler", help="ddpm, ddim, dpmpp, dpm, euler, heun (default: the run's)")
+    s.add_argument("--sampler", help="ddpm, ddim, dpmpp, dpm, euler, heun; VQ-Diffusion: standard, fast, fast_exact, "
+                                     "purity (default: the run's)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     s.add_argument("--guidance", type=float, help="CFG weight w: (1 + w) cond - w uncond (default: the run's)")
+    s.add_argument("--truncation", type=float, metavar="R",
+                   help="VQ-Diffusion: keep the top codes holding mass R per token, 0 < R <= 1 (default: the run's)")
     s.add_argument("--class", dest="cls", metavar="C", help="class index or name (default: cycle through classes)")
     s.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     s.add_argument("--batch-size", type=int, default=64)

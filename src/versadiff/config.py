@@ -22,6 +22,7 @@ import yaml
 
 __all__ = [
     "ConfigError",
+    "TASKS",
     "DiffusionConfig",
     "TrainConfig",
     "SampleConfig",
@@ -99,6 +100,8 @@ class SampleConfig:
     n: int = 16  # images in the training-time sample grid
     seed: int = 0  # first seed; image i uses seed + i
     options: dict = field(default_factory=dict)  # extra sampler keyword options (e.g. eta)
+    # VQ-Diffusion only: keep the top codes holding this much probability mass per token (1.0 = off)
+    truncation: float = 1.0
 
 
 @dataclass
@@ -107,6 +110,9 @@ class RunConfig:
 
     name: str = "run"
     description: str = ""
+    #: what is trained: gaussian (a diffusion model on pixels or latents), autoencoder (a KL / VQ
+    #: autoencoder), vq_diffusion (a VQ transformer on the tokens of a trained VQ autoencoder)
+    task: str = "gaussian"
     model: dict = field(default_factory=dict)  # passed to versadiff.nets.build_net
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     data: dict = field(default_factory=dict)  # passed to versadiff.data.build_dataset
@@ -114,13 +120,20 @@ class RunConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     #: latent models: {"path": <local autoencoder dir>, "scale_factor": ...}; None for pixel models
     autoencoder: dict | None = None
+    #: task vq_diffusion: the mask-and-replace process ({schedule, num_steps, aux_weight, adaptive_aux,
+    #: time_sampling, mask_weight}; see versadiff.train.tasks)
+    discrete: dict = field(default_factory=dict)
+    #: task autoencoder: versadiff.autoencoders.AutoencoderLoss keywords ({rec, reg_weight})
+    ae_loss: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+TASKS: tuple[str, ...] = ("gaussian", "autoencoder", "vq_diffusion")
 CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS,
     "diffusion.prediction": ("eps", "x0", "v", "both"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
 }
@@ -184,6 +197,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             _bad_type(value, tp, key)
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` (accelerate's "no" precision) as False
+            return "yes" if value else "no"
         if not isinstance(value, str):
             _bad_type(value, tp, key)
         return value
@@ -231,6 +246,33 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'diffusion.p_uncond' must lie in [0, 1), got {cfg.diffusion.p_uncond!r}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1), got {cfg.train.ema_decay!r}")
+    if not 0.0 < cfg.sample.truncation <= 1.0:
+        raise ConfigError(f"config key 'sample.truncation' must lie in (0, 1], got {cfg.sample.truncation!r}")
+    _check_task_sections(cfg)
+
+
+def _check_task_sections(cfg: RunConfig) -> None:
+    """Sections that only one task reads must not be set for another (they would be silently ignored)."""
+    if cfg.discrete and cfg.task != "vq_diffusion":
+        raise ConfigError(f"config key 'discrete' applies to task vq_diffusion, this run has task {cfg.task!r}")
+    if cfg.ae_loss and cfg.task != "autoencoder":
+        raise ConfigError(f"config key 'ae_loss' applies to task autoencoder, this run has task {cfg.task!r}")
+    if cfg.task != "gaussian" and cfg.diffusion != DiffusionConfig():
+        raise ConfigError(f"config section 'diffusion' applies to task gaussian; task {cfg.task!r} does not read it "
+                          "(VQ-Diffusion's process is under 'discrete'): remove it")
+    if cfg.task == "autoencoder" and cfg.autoencoder is not None:
+        raise ConfigError("task autoencoder trains the autoencoder described by 'model': remove the 'autoencoder' section")
+    if cfg.task == "vq_diffusion" and cfg.autoencoder is None:
+        raise ConfigError("task vq_diffusion needs an 'autoencoder' section: set autoencoder.path=... (a VQ autoencoder run)")
+    if cfg.task != "vq_diffusion" and cfg.sample.truncation != 1.0:
+        raise ConfigError(f"config key 'sample.truncation' applies to task vq_diffusion, this run has task {cfg.task!r}")
+    if cfg.autoencoder is not None:
+        unknown = sorted(set(cfg.autoencoder) - {"path", "kind", "scale_factor"})
+        if unknown:
+            raise ConfigError(f"unknown config key 'autoencoder.{unknown[0]}'; valid keys under 'autoencoder': "
+                              "path, kind, scale_factor")
+        if cfg.autoencoder.get("kind") not in (None, "kl", "vq"):
+            raise ConfigError(f"config key 'autoencoder.kind' must be one of kl, vq, got {cfg.autoencoder['kind']!r}")
 
 
 def _get(obj: Any, dotted: str) -> Any:

@@ -24,46 +24,18 @@ from versadiff.conditioning import NULL_CLASS
 from versadiff.denoiser import Denoiser
 from versadiff.processes.base import NoiseSchedule
 
-__all__ = ["LoadedModel", "load_model", "resolve_weights", "read_metadata", "to_pil", "save_grid", "make_grid",
+__all__ = ["ClassLabels", "LoadedModel", "load_model", "latent_space_of", "resolve_weights", "read_metadata", "to_pil", "save_grid", "make_grid",
            "CONFIG_KEY", "INFO_KEY"]
 
 CONFIG_KEY = "versadiff_config"
 INFO_KEY = "versadiff_info"
 
 
-@dataclass
-class LoadedModel:
-    """A network ready for sampling, with everything needed to interpret it."""
+class ClassLabels:
+    """Class-label handling shared by the loaded models (needs `num_classes` and `class_names`)."""
 
-    net: nn.Module
-    schedule: NoiseSchedule
-    prediction: str
-    clip_x0: float | None
-    config: RunConfig
-    num_classes: int = 0
-    class_names: list[str] = field(default_factory=list)
-    image_shape: tuple[int, int, int] = (3, 32, 32)
-    step: int | None = None
-    source: str = ""
-
-    @classmethod
-    def from_net(cls, net: nn.Module, config: RunConfig, info: dict[str, Any], source: str = "") -> "LoadedModel":
-        """Wrap an in-memory network (e.g. the trainer's EMA copy) with its run config and facts."""
-        from versadiff.processes.schedules import build_schedule
-
-        d = config.diffusion
-        return cls(
-            net=net.eval(),
-            schedule=build_schedule(d.schedule),
-            prediction=d.prediction,
-            clip_x0=d.clip_x0,
-            config=config,
-            num_classes=int(info.get("num_classes", 0)),
-            class_names=list(info.get("class_names") or []),
-            image_shape=tuple(info["image_shape"]),
-            step=info.get("step"),
-            source=source,
-        )
+    num_classes: int
+    class_names: list[str]
 
     def class_index(self, c: int | str) -> int:
         """A class index from an index or a class name; -1 is the null class."""
@@ -93,6 +65,50 @@ class LoadedModel:
             raise ValueError(f"got {len(labels)} class labels for {n} seeds; give one label per seed or a single one")
         return torch.tensor(labels, dtype=torch.long)
 
+
+@dataclass
+class LoadedModel(ClassLabels):
+    """A network ready for sampling, with everything needed to interpret it."""
+
+    net: nn.Module
+    schedule: NoiseSchedule
+    prediction: str
+    clip_x0: float | None
+    config: RunConfig
+    num_classes: int = 0
+    class_names: list[str] = field(default_factory=list)
+    image_shape: tuple[int, int, int] = (3, 32, 32)
+    step: int | None = None
+    source: str = ""
+    #: latent models: the autoencoder's latent space (versadiff.latent.LatentSpace); None for pixel models
+    latent: Any = None
+
+    @classmethod
+    def from_net(cls, net: nn.Module, config: RunConfig, info: dict[str, Any], source: str = "",
+                 latent: Any = None) -> "LoadedModel":
+        """Wrap an in-memory network (e.g. the trainer's EMA copy) with its run config and facts."""
+        from versadiff.processes.schedules import build_schedule
+
+        d = config.diffusion
+        return cls(
+            net=net.eval(),
+            schedule=build_schedule(d.schedule),
+            prediction=d.prediction,
+            clip_x0=d.clip_x0,
+            config=config,
+            num_classes=int(info.get("num_classes", 0)),
+            class_names=list(info.get("class_names") or []),
+            image_shape=tuple(info["image_shape"]),
+            step=info.get("step"),
+            source=source,
+            latent=latent,
+        )
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """Shape of what the diffusion model generates: the image, or its latent for latent models."""
+        return self.image_shape if self.latent is None else self.latent.latent_shape(self.image_shape)
+
     @torch.no_grad()
     def generate(
         self,
@@ -105,6 +121,7 @@ class LoadedModel:
         batch_size: int = 64,
         device: str | torch.device = "cpu",
         progress: bool = False,
+        truncation: float | None = None,
         **options: Any,
     ) -> Tensor:
         """Images [N, C, H, W] in [-1, 1] (float32, on CPU), one per seed.
@@ -116,6 +133,8 @@ class LoadedModel:
         """
         from versadiff.samplers import sample
 
+        if truncation is not None and truncation != 1.0:
+            raise ValueError("truncation applies to VQ-Diffusion models; drop --truncation for a Gaussian model")
         s = self.config.sample
         sampler = s.sampler if sampler is None else sampler
         steps = s.steps if steps is None else steps
@@ -132,12 +151,16 @@ class LoadedModel:
         labels = self._labels(class_labels, len(seeds))
         device = torch.device(device)
         self.net.to(device).eval()
+        if self.latent is not None:
+            self.latent.to(device)
         out = []
         for start in range(0, len(seeds), batch_size):
             chunk = seeds[start : start + batch_size]
             den = self._denoiser(None if labels is None else labels[start : start + len(chunk)].to(device), guidance)
-            x = sample(den, self.image_shape, self.schedule, sampler=sampler, steps=steps,
+            x = sample(den, self.sample_shape, self.schedule, sampler=sampler, steps=steps,
                        seeds=chunk, device=device, dtype=torch.float32, disable=not progress, **options)
+            if self.latent is not None:
+                x = self.latent.decode(x)
             out.append(x.float().clamp(-1, 1).cpu())
         return torch.cat(out) if out else torch.empty(0, *self.image_shape)
 
@@ -193,17 +216,47 @@ def read_metadata(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
     return config_from_dict(json.loads(meta[CONFIG_KEY])), json.loads(meta[INFO_KEY])
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load EMA/exported weights from a .safetensors file, a run folder or a checkpoint directory."""
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Any:
+    """Load EMA/exported weights from a .safetensors file, a run folder or a checkpoint directory.
+
+    Returns a LoadedModel (Gaussian models, pixel or latent) or a versadiff.vq_pipeline.LoadedVQModel; both
+    have the same `generate(seeds, ...)`. Latent and VQ models load their autoencoder from the run config's
+    autoencoder.path. Autoencoder runs are loaded with versadiff.latent.load_autoencoder instead.
+    """
     from safetensors.torch import load_file
 
     from versadiff.nets import build_net
 
     weights = resolve_weights(path)
     cfg, info = read_metadata(weights)
+    if cfg.task == "autoencoder":
+        raise ValueError(f"{weights} is an autoencoder, which has no sampler; train a diffusion model on it "
+                         "(e.g. versadiff train shapes_vqdiffusion --set autoencoder.path=RUN) and sample that")
     net = build_net(cfg.model)
     net.load_state_dict(load_file(str(weights)), strict=True)
-    return LoadedModel.from_net(net.to(device), cfg, info, source=str(weights))
+    if cfg.task == "vq_diffusion":
+        from versadiff.vq_pipeline import LoadedVQModel
+
+        return LoadedVQModel.from_net(net.to(device), cfg, info, source=str(weights))
+    return LoadedModel.from_net(net.to(device), cfg, info, source=str(weights), latent=latent_space_of(cfg, device))
+
+
+def latent_space_of(cfg: RunConfig, device: str | torch.device = "cpu") -> Any:
+    """The LatentSpace named by a run config's `autoencoder` section (None for pixel models)."""
+    if cfg.autoencoder is None:
+        return None
+    from versadiff.latent import LatentSpace, autoencoder_kind, load_autoencoder
+
+    path = cfg.autoencoder.get("path")
+    if not path:
+        raise ValueError("this preset works in a latent space: set autoencoder.path=... (an autoencoder run folder, "
+                         "e.g. from versadiff train shapes_klae)")
+    ae = load_autoencoder(path, device=device)
+    want = cfg.autoencoder.get("kind")
+    if want is not None and autoencoder_kind(ae) != want:
+        raise ValueError(f"autoencoder.kind is {want!r} but {path} holds a {autoencoder_kind(ae)!r} autoencoder; "
+                         f"set autoencoder.kind={autoencoder_kind(ae)}")
+    return LatentSpace(ae, cfg.autoencoder.get("scale_factor"))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--sampler", help="sampler (default: the run's)")
     e.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     e.add_argument("--guidance", type=float, help="CFG weight w (default: the run's)")
+    e.add_argument("--truncation", type=float, metavar="R",
+                   help="VQ-Diffusion truncation rate, 0 < R <= 1 (default: the run's)")
     e.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i (default 0)")
     e.add_argument("--batch-size", type=int, default=64, help="images per batch (fixed batches keep results "
                                                                "independent of the process count)")
@@ -125,14 +127,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         d, mode = _domain_defaults(model)
         domain, fmnist_input = domain or d, fmnist_input or mode
         source = GeneratorSource(model, args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
-                                 guidance=args.guidance, device=device)
+                                 guidance=args.guidance, truncation=args.truncation, device=device)
         # the training data as the network saw it, minus the random flips (a reference is not augmented)
         train_data = {k: v for k, v in dict(model.config.data).items() if k != "hflip"}
         for r in args.ref:
             refs.append(DatasetSource(train_data, n=args.ref_n) if r == TRAIN_DATA else r)
     else:
-        if any(v is not None for v in (args.sampler, args.steps, args.guidance)):
-            raise ValueError("--sampler / --steps / --guidance only apply when sampling a CHECKPOINT")
+        if any(v is not None for v in (args.sampler, args.steps, args.guidance, args.truncation)):
+            raise ValueError("--sampler / --steps / --guidance / --truncation only apply when sampling a CHECKPOINT")
         if TRAIN_DATA in args.ref:
             raise ValueError(f"--ref {TRAIN_DATA} needs a CHECKPOINT; with --images give the dataset itself")
         source = open_source(args.images, n=args.n, labels=args.labels)

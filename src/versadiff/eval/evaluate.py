@@ -108,6 +108,7 @@ class GeneratorSource(ImageSource):
     guidance: float | None = None
     device: str | torch.device = "cpu"
     labels: list[int] | None = field(default=None, init=False)
+    truncation: float | None = None  # VQ-Diffusion models only (None: the run's)
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -123,7 +124,7 @@ class GeneratorSource(ImageSource):
         self.description = {"kind": "checkpoint", "source": str(getattr(self.model, "source", "")),
                             "step": getattr(self.model, "step", None), "n": self.n,
                             "seeds": [self.seed, self.seed + self.n - 1], "sampler": self.sampler,
-                            "steps": self.steps, "guidance": self.guidance,
+                            "steps": self.steps, "guidance": self.guidance, "truncation": self.truncation,
                             "labels": "i mod num_classes" if num_classes else None}
 
     def __len__(self) -> int:
@@ -131,9 +132,10 @@ class GeneratorSource(ImageSource):
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         labels = None if self.labels is None else [self.labels[i] for i in indices]
+        extra = {} if self.truncation is None else {"truncation": self.truncation}
         images = self.model.generate([self.seed + i for i in indices], sampler=self.sampler, steps=self.steps,
                                      guidance=self.guidance, class_labels=labels, batch_size=len(indices),
-                                     device=self.device)
+                                     device=self.device, **extra)
         # quantise to 8 bits as saving to PNG does, so `eval CHECKPOINT` equals `sample` + `eval --images`
         images = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
         return images, None if labels is None else torch.tensor(labels)

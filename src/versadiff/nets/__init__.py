@@ -1,6 +1,7 @@
 """Denoising networks: ADM/VDPM UNet and U-ViT, with presets and config.json + safetensors I/O.
 
-Every network has forward(x [B,C,H,W], t [B] net_time, class_labels=None, context=None).
+Every network has forward(x [B,C,H,W], t [B] net_time, class_labels=None, context=None); the VQ transformer
+takes token indices x [B, L] instead and returns logits over its codes.
 """
 
 from versadiff.nets.layers import timestep_embedding
@@ -15,6 +16,7 @@ from versadiff.nets.registry import (
 )
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
+from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig, vq_transformer
 
 __all__ = [
     "PRESETS",
@@ -22,6 +24,9 @@ __all__ = [
     "UNetConfig",
     "UViT",
     "UViTConfig",
+    "VQ_PRESETS",
+    "VQTransformer",
+    "VQTransformerConfig",
     "build_net",
     "config_from",
     "config_to_dict",
@@ -29,4 +34,5 @@ __all__ = [
     "load_pretrained",
     "save_pretrained",
     "timestep_embedding",
+    "vq_transformer",
 ]

@@ -19,6 +19,7 @@ from torch import nn
 from versadiff.nets.layers import NetConfig
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
+from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig
 
 __all__ = [
     "PRESETS",
@@ -31,8 +32,9 @@ __all__ = [
     "count_parameters",
 ]
 
-CONFIG_TYPES: dict[str, type[NetConfig]] = {"unet": UNetConfig, "uvit": UViTConfig}
-NETS: dict[type[NetConfig], Callable[[Any], nn.Module]] = {UNetConfig: UNet, UViTConfig: UViT}
+CONFIG_TYPES: dict[str, type[NetConfig]] = {"unet": UNetConfig, "uvit": UViTConfig, "vq_transformer": VQTransformerConfig}
+NETS: dict[type[NetConfig], Callable[[Any], nn.Module]] = {UNetConfig: UNet, UViTConfig: UViT,
+                                                           VQTransformerConfig: VQTransformer}
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -101,6 +103,8 @@ PRESETS: dict[str, Callable[..., NetConfig]] = {
     # CPU-sized: 32x32 RGB, patch 4, D 128, 7 blocks (~1.5M parameters)
     "uvit_tiny": _uvit(image_size=32, patch_size=4, embed_dim=128, depth=6, num_heads=4),
 }
+# VQ-Diffusion transformers (token inputs; versadiff.nets.vq_transformer): vq_diffusion_s/b/f/imagenet/ffhq, vq_tiny
+PRESETS.update(VQ_PRESETS)
 
 
 def config_to_dict(config: NetConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Samplers: step grids, per-sample noise, the Gaussian solvers and the `sample` entry point."""
+"""Samplers: step grids, per-sample noise, the Gaussian solvers, the `sample` entry point and VQ-Diffusion's samplers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from torch import Tensor
 
 from versadiff.denoiser import DenoiserFn
 from versadiff.processes.base import NoiseSchedule
+from versadiff.samplers.discrete import VQ_METHODS, VQDenoiser, guide, sample_vq, truncate
 from versadiff.samplers.gaussian import sample_ddim, sample_ddpm, sample_dpm, sample_dpmpp, sample_euler, sample_heun
 from versadiff.samplers.noise import NoiseFn, PerSampleNoise
 from versadiff.samplers.timesteps import SPACINGS, TimeSteps, timesteps_for, timesteps_from_indices, timesteps_from_t
@@ -30,6 +31,11 @@ __all__ = [
     "sample_dpm",
     "sample_euler",
     "sample_heun",
+    "VQ_METHODS",
+    "VQDenoiser",
+    "sample_vq",
+    "truncate",
+    "guide",
 ]
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {

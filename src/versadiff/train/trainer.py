@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from versadiff.config import RunConfig, save_config
-from versadiff.pipelines import CONFIG_KEY, INFO_KEY, LoadedModel, save_grid
+from versadiff.pipelines import CONFIG_KEY, INFO_KEY, save_grid
 from versadiff.train import checkpoint as ck
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger
@@ -56,11 +56,11 @@ def _check_data(cfg: RunConfig) -> None:
 
 
 def _check_autoencoder(cfg: RunConfig) -> None:
-    if cfg.autoencoder is None:
+    if cfg.autoencoder is None or cfg.autoencoder.get("path"):
         return
-    if not cfg.autoencoder.get("path"):
-        raise ValueError("this preset trains in a latent space: set autoencoder.path=... (a local autoencoder directory)")
-    raise ValueError("latent-space training needs versadiff.autoencoders, which this version does not ship yet")
+    first = "versadiff train shapes_vqae" if cfg.task == "vq_diffusion" else "versadiff train shapes_klae"
+    raise ValueError(f"this preset trains on a trained autoencoder: set autoencoder.path=... (a local autoencoder "
+                     f"run folder; train one first: {first})")
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path | None) -> Path | None:
@@ -99,9 +99,7 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         from versadiff.data import build_dataset
-        from versadiff.nets import build_net
-        from versadiff.processes.gaussian import GaussianProcess
-        from versadiff.processes.schedules import build_schedule
+        from versadiff.train.tasks import build_task
 
         _check_autoencoder(cfg)
         _check_data(cfg)
@@ -131,15 +129,12 @@ class Trainer:
                              f"({tc.batch_size} x {self.world} processes); lower train.batch_size")
 
         torch.manual_seed(_seed_for(tc.seed, 0, 1))  # same initial weights on every process
-        net = build_net(cfg.model)
+        # the task (versadiff.train.tasks) builds the network and owns the losses, sample grids and task state
+        self.task = build_task(cfg, self.dataset, self.image_shape, acc.device, _seed_for(tc.seed, self.rank, 6))
+        net = self.task.net
         self._check_net(net)
         if tc.gradient_checkpointing:
             net.set_gradient_checkpointing(True)
-        d = cfg.diffusion
-        self.schedule = build_schedule(d.schedule)
-        self.process = GaussianProcess(self.schedule, prediction=d.prediction, loss=d.loss, weighting=d.weighting,
-                                       train_steps=d.train_steps, variance=d.variance, intp_frac=d.intp_frac,
-                                       p_uncond=d.p_uncond)
         self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()  # sampling copy, fp32
         optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
@@ -212,7 +207,8 @@ class Trainer:
     def info(self) -> dict[str, Any]:
         """Model facts stored next to the config in every weight file."""
         return {"num_classes": self.num_classes if self.conditional else 0, "class_names": self.class_names,
-                "image_shape": list(self.image_shape), "step": self.step, "format": "versadiff-weights-1"}
+                "image_shape": list(self.image_shape), "step": self.step, "format": "versadiff-weights-1",
+                "task": self.cfg.task, **self.task.info()}
 
     def _metadata(self) -> dict[str, str]:
         return {CONFIG_KEY: json.dumps(self.cfg.to_dict()), INFO_KEY: json.dumps(self.info)}
@@ -271,7 +267,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % tc.log_every == 0 or self.step == stop:
                 self._log({"loss": window_loss / window_n, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "img_per_s": imgs / max(busy, 1e-9), "epoch": self.epoch})
+                           "grad_norm": grad_norm, "img_per_s": imgs / max(busy, 1e-9), "epoch": self.epoch,
+                           **self.task.log_stats()})
                 window_loss, window_n, busy, imgs = 0.0, 0, 0.0, 0
             if tc.sample_every and self.step % tc.sample_every == 0:
                 self.save_samples()
@@ -299,7 +296,7 @@ class Trainer:
             last = micro == tc.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else acc.no_sync(self.model)
             with sync, acc.autocast():
-                losses = self.process.training_losses(self.model, x0, self._cond(batch), generator=self.noise_gen)
+                losses = self.task.losses(self.model, x0, self._cond(batch), self.noise_gen)
                 loss = losses.float().mean() / tc.grad_accum
             acc.backward(loss)
             total += loss.detach()
@@ -325,24 +322,20 @@ class Trainer:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def loaded_ema(self) -> LoadedModel:
-        """The EMA weights as a LoadedModel (for sample grids and tests)."""
+    def loaded_ema(self) -> Any:
+        """The EMA weights as a loaded model with `generate` (the autoencoder itself for task autoencoder)."""
         self.ema.copy_to(self.ema_net)
-        return LoadedModel.from_net(self.ema_net, self.cfg, self.info, source=str(self.run_dir))
+        return self.task.loaded(self.ema_net, self.info, str(self.run_dir))
 
     def save_samples(self) -> Path | None:
         """A grid from the EMA weights with fixed seeds, run_dir/samples/step-N.png (main process)."""
         if not self.accelerator.is_main_process:
             return None
-        s = self.cfg.sample
-        model = self.loaded_ema()
-        labels = [i % self.num_classes for i in range(s.n)] if self.conditional else None
+        self.ema.copy_to(self.ema_net)
         # Sampling must not disturb the training RNG streams (runs with other sample_every stay identical).
         with torch.random.fork_rng(devices=[]):
-            images = model.generate(range(s.seed, s.seed + s.n), class_labels=labels,
-                                    batch_size=s.n, device=self.accelerator.device)
-        # class-conditional grids: one column per class, so each row shows every class once
-        nrow = self.num_classes if self.conditional and self.num_classes <= 20 else int(math.ceil(math.sqrt(s.n)))
+            images, nrow = self.task.sample_grid(self.ema_net, self.info, str(self.run_dir),
+                                                 self.num_classes if self.conditional else 0)
         return save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
 
     def save_checkpoint(self) -> Path | None:
@@ -350,7 +343,8 @@ class Trainer:
         acc = self.accelerator
         rng = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
                "numpy": _numpy_state(), "python": _python_state(),
-               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+               "task": self.task.state_dict()}  # per process, like the RNG states
         if self.world > 1:
             from accelerate.utils import gather_object
 
@@ -404,6 +398,7 @@ class Trainer:
         random.setstate(_python_from(rng["python"]))
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+        self.task.load_state_dict(rng.get("task", {}))
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
 
     def export(self, path: str | Path | None = None) -> Path | None:
