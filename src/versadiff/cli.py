@@ -7,7 +7,6 @@ Several GPUs: `accelerate launch --num_processes 4 -m versadiff.cli train CONFIG
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -261,11 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output .safetensors file")
     e.set_defaults(func=cmd_export)
 
-    if importlib.util.find_spec("versadiff.eval.cli") is not None:
-        from versadiff.eval.cli import register_eval_command
+    sh = sub.add_parser("shards", add_help=False, help="write an image folder as webdataset shards (img2dataset layout)")
+    sh.add_argument("shard_args", nargs=argparse.REMAINDER, help="SOURCE OUT_DIR [--samples-per-shard N] ...")
+    sh.set_defaults(func=cmd_shards)
 
-        register_eval_command(sub)
+    from versadiff.eval.cli import register_eval_command
+
+    register_eval_command(sub)
     return p
+
+
+def cmd_shards(args: argparse.Namespace) -> int:
+    from versadiff.data.shard_writer import shards_main
+
+    return shards_main(args.shard_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from versadiff.config import RunConfig, save_config
 from versadiff.pipelines import CONFIG_KEY, INFO_KEY, save_grid
@@ -123,8 +123,14 @@ class Trainer:
         self.dataset = build_dataset(cfg.data)
         self.num_classes = int(getattr(self.dataset, "num_classes", 0) or 0)
         self.class_names = list(getattr(self.dataset, "class_names", None) or [])
-        self.image_shape = tuple(int(s) for s in self.dataset[0]["image"].shape)
-        if len(self.dataset) < tc.batch_size * self.world:
+        # Streamed datasets (webdataset shards) have no length and no random access: each rank reads its own
+        # shards, starts its next epoch on its own when they run out, and resumes at a shard boundary.
+        self.streaming = isinstance(self.dataset, IterableDataset)
+        if self.streaming:
+            self.image_shape = (int(self.dataset.channels), int(self.dataset.resolution), int(self.dataset.resolution))
+        else:
+            self.image_shape = tuple(int(s) for s in self.dataset[0]["image"].shape)
+        if not self.streaming and len(self.dataset) < tc.batch_size * self.world:
             raise ValueError(f"the dataset has {len(self.dataset)} items, fewer than one batch "
                              f"({tc.batch_size} x {self.world} processes); lower train.batch_size")
 
@@ -230,9 +236,23 @@ class Trainer:
         return DataLoader(self.dataset, batch_size=tc.batch_size, sampler=indices, num_workers=tc.num_workers,
                           drop_last=True, pin_memory=self.accelerator.device.type != "cpu", generator=workers_gen)
 
+    def _stream_loader(self, epoch: int) -> DataLoader:
+        """This process's batches of a streamed dataset for `epoch` (it splits shards across ranks itself)."""
+        tc = self.cfg.train
+        self.dataset.set_epoch(epoch)
+        workers_gen = torch.Generator().manual_seed(_seed_for(tc.seed, epoch, self.rank, 5))
+        return DataLoader(self.dataset, batch_size=tc.batch_size, num_workers=tc.num_workers, drop_last=True,
+                          pin_memory=self.accelerator.device.type != "cpu", generator=workers_gen)
+
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Endless stream of batches; self.epoch / self.position always say what was consumed."""
-        while True:
+        if self.streaming:
+            while True:
+                for batch in self._stream_loader(self.epoch):
+                    self.dataset.track(batch)  # shard-boundary resume state
+                    self.position += 1
+                    yield batch
+                self.epoch, self.position = self.epoch + 1, 0
             for batch in self._loader(self.epoch, self.position):
                 self.position += 1
                 yield batch
@@ -268,7 +288,7 @@ class Trainer:
             if self.step % tc.log_every == 0 or self.step == stop:
                 self._log({"loss": window_loss / window_n, "lr": self.scheduler.get_last_lr()[0],
                            "grad_norm": grad_norm, "img_per_s": imgs / max(busy, 1e-9), "epoch": self.epoch,
-                           **self.task.log_stats()})
+                           **self.task.log_stats(), **self._data_stats()})
                 window_loss, window_n, busy, imgs = 0.0, 0, 0.0, 0
             if tc.sample_every and self.step % tc.sample_every == 0:
                 self.save_samples()
@@ -316,6 +336,11 @@ class Trainer:
 
         return tqdm(total=stop, initial=self.step, desc=self.cfg.name, unit="it", dynamic_ncols=True)
 
+    def _data_stats(self) -> dict[str, int]:
+        """Samples a streamed dataset skipped (corrupt, filtered), so bad data is visible in the log."""
+        stats = getattr(self.dataset, "stats", None) if self.streaming else None
+        return {"data_skipped": sum(v for k, v in stats.items() if k != "samples")} if stats else {}
+
     def _log(self, stats: dict[str, Any]) -> None:
         if self.logger is not None:
             self.logger.log(self.step, stats)
@@ -344,7 +369,8 @@ class Trainer:
         rng = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
                "numpy": _numpy_state(), "python": _python_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-               "task": self.task.state_dict()}  # per process, like the RNG states
+               "task": self.task.state_dict(),  # per process, like the RNG states
+               "data": self.dataset.state_dict() if self.streaming else {}}
         if self.world > 1:
             from accelerate.utils import gather_object
 
@@ -400,6 +426,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(rng["cuda"])
         self.task.load_state_dict(rng.get("task", {}))
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        if self.streaming and rng.get("data"):
+            # a streamed run restarts at the last fully consumed shard of this rank (a partly read shard is re-read)
+            self.dataset.load_state_dict(rng["data"])
+            self.epoch, self.position = int(rng["data"]["epoch"]), 0
 
     def export(self, path: str | Path | None = None) -> Path | None:
         """EMA-only weights with the config in the metadata: run_dir/export/model.safetensors."""
