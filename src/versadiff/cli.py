@@ -18,6 +18,7 @@ __all__ = ["main", "build_parser", "CLIError"]
 
 DEMO_ASSET = "demo_shapes_unet.safetensors"
 DEMO_PER_CLASS = 4
+DEMO_SAMPLER, DEMO_STEPS = "dpmpp", 20  # DPM-Solver++(2M): 20 steps match 50 DDIM steps here (README) at 2.5x less time
 
 
 class CLIError(Exception):
@@ -159,19 +160,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     labels = [c for _ in range(DEMO_PER_CLASS) for c in range(k)]  # row r holds one image of every class
     seeds = list(range(len(labels)))
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    images = model.generate(seeds, class_labels=labels, batch_size=args.batch_size, device=device,
-                            progress=not args.quiet and sys.stderr.isatty())
+    s = model.config.sample
+    sampler, steps = DEMO_SAMPLER, DEMO_STEPS
+    images = model.generate(seeds, class_labels=labels, sampler=sampler, steps=steps, guidance=s.guidance,
+                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
     grid = save_grid(images, out / "demo_grid.png", nrow=k)
     from versadiff.data.attributes import conditional_accuracy
 
     acc = float(conditional_accuracy(images, torch.tensor(labels)))
-    s = model.config.sample
     report = {"weights": str(weights), "grid": str(grid), "conditional_accuracy": acc, "n": len(labels),
-              "sampler": s.sampler, "steps": s.steps, "guidance": s.guidance, "versions": _versions()}
+              "sampler": sampler, "steps": steps, "guidance": s.guidance, "versions": _versions()}
     (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"weights:  {weights}")
-    print(f"grid:     {grid}  ({DEMO_PER_CLASS} rows x {k} classes; {s.sampler}, {s.steps} steps, guidance {s.guidance})")
+    print(f"grid:     {grid}  ({DEMO_PER_CLASS} rows x {k} classes; {sampler}, {steps} steps, guidance {s.guidance})")
     print(f"conditional accuracy (shapes attribute reader): {acc:.3f} over {len(labels)} samples")
     if args.train:
         print(f"to make these the shipped demo weights: cp {weights} {demo_asset_path()}")
