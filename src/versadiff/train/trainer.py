@@ -253,6 +253,7 @@ class Trainer:
                     self.position += 1
                     yield batch
                 self.epoch, self.position = self.epoch + 1, 0
+        while True:
             for batch in self._loader(self.epoch, self.position):
                 self.position += 1
                 yield batch
