@@ -47,7 +47,7 @@ def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
         "grid.png", "seed000005.png", "seed000006.png", "seed000007.png", "settings.json"]
     s = json.loads((out / "settings.json").read_text())
     assert [r["class"] for r in s["images"]] == [0, 1, 2]  # cycles through the classes by default
-    assert (s["sampler"], s["steps"], s["guidance"], s["batch_size"]) == ("ddim", 2, 0.0, 2)
+    assert (s["sampler"], s["steps"], s["guidance"], s["batch_size"]) == ("dpmpp", 2, 0.0, 2)
     assert {"versadiff", "torch", "python"} <= s["versions"].keys() and s["config"]["name"] == "shapes_unet_tiny"
     out2 = tmp_path / "s2"
     assert main(["sample", str(run / "export" / "model.safetensors"), "--n", "2", "--class", "red square",
@@ -110,7 +110,7 @@ def test_presets_table(capsys):
         (["train", "nope"], "unknown preset 'nope'"),
         (["train", "shapes_unet_tiny", "--set", "train.nope=1", "--dry-run"], "unknown config key 'train.nope'"),
         (["train", "shapes_unet_tiny", "--set", "train.max_steps=x", "--dry-run"], "'train.max_steps' expects integer"),
-        (["train", "vdpm_cifar10_cond"], "set data.root=... (a folder of class sub-folders)"),
+        (["train", "vdpm_cifar10_cond"], "set its root (e.g. data.root=/path/to/folder)"),
         (["train", "uvit_imagenet256_latent", "--set", "data.root=/x"], "set autoencoder.path=..."),
         (["sample", "missing_dir", "--n", "1", "--out", "o"], "missing_dir does not exist"),
         (["sample", "config.yaml", "--n", "1", "--out", "o"], "is not a .safetensors file"),

@@ -134,7 +134,7 @@ def test_load_model_errors(full_run, tmp_path):
 
 
 def test_trainer_config_errors(tmp_path):
-    with pytest.raises(ValueError, match=r"set data.root=\.\.\. \(a folder of class sub-folders\)"):
+    with pytest.raises(ValueError, match=r"dataset .cifar10. reads local files: set its root"):
         Trainer(load_config("vdpm_cifar10_cond"), out=tmp_path / "a")
     with pytest.raises(ValueError, match=r"set autoencoder.path=\.\.\."):
         Trainer(load_config("uvit_imagenet256_latent", ["data.root=/x"]), out=tmp_path / "b")
