@@ -29,7 +29,7 @@ demo-train: setup
 	$(VENV)/bin/versadiff demo --train
 
 test: setup-test
-	$(PY) -m pytest tests -q -p no:cacheprovider
+	$(PY) -m pytest tests -p no:cacheprovider
 
 bench: setup-test
 	$(PY) benchmarks/samplers.py
