@@ -10,14 +10,6 @@ from versadiff.autoencoders import AutoencoderKL, AutoencoderLoss, KLConfig, VQA
 from versadiff.convert.ldm_vae import ldm_to_versadiff, versadiff_to_ldm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
 KL_TINY = KLConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4)

@@ -10,15 +10,6 @@ from versadiff.cli import demo_asset_path, main
 from versadiff.config import list_presets, load_config
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's 2 cores are shared; extra threads only contend (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = ["model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]", "model.num_res_blocks=1",
         "model.attention_resolutions=[]", "model.emb_channels=32", "data.size=16", "train.batch_size=8",
         "train.log_every=1", "train.sample_every=0", "sample.n=2", "sample.steps=2", "sample.guidance=0"]

@@ -12,14 +12,6 @@ from versadiff.processes.discrete import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 shared CPU cores: intra-op threads only fight each other here
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 K = 4
 
 

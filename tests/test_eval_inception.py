@@ -20,15 +20,6 @@ from versadiff.eval.inception import (
 )
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on the shared 2-core test machine, thread contention costs 10x on big convolutions."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _block_a(cin, pool):
     return {"branch1x1": (64, cin, 1, 1), "branch5x5_1": (48, cin, 1, 1), "branch5x5_2": (64, 48, 5, 5),
             "branch3x3dbl_1": (64, cin, 1, 1), "branch3x3dbl_2": (96, 64, 3, 3),

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from versadiff.eval.metrics import (
     class_accuracy,
@@ -12,15 +11,6 @@ from versadiff.eval.metrics import (
     precision_recall,
 )
 from versadiff.eval.stats import StatsAccumulator, load_stats, save_stats, stats_from_features
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread: on the shared 2-core test machine, thread contention costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _spd(rng, d):

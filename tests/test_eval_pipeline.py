@@ -19,15 +19,6 @@ from versadiff.eval.features import FeatureExtractor, FMNISTFeatures, ShapesFeat
 METRICS = ["fid", "kid", "pr", "is", "fmnist_fd", "fmnist_acc"]
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on the shared 2-core test machine, thread contention costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyGenerator:
     """A real (tiny, fixed) conv net applied to per-seed noise: image i depends only on its seed and class."""
 

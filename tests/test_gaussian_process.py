@@ -25,15 +25,6 @@ from versadiff.processes.gaussian import discretized_gaussian_log_likelihood, no
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: thread hand-offs on the shared 2-core machine cost far more than they save
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

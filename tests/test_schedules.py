@@ -23,13 +23,6 @@ from versadiff.processes import (
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny tensors: thread hand-offs on the shared 2-core machine cost far more than they save
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 TABLE_T = torch.tensor([0, 0.001, 0.25, 0.5, 0.75, 0.999, 1.0], dtype=f64)
 # reference samplers_schedules.md section 1.1 (VDPM get_logsnr_schedule, float64)
 TABLE = {

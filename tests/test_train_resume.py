@@ -11,15 +11,6 @@ from versadiff.train import checkpoint as ck
 from versadiff.train.trainer import Trainer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine's 2 cores are shared; extra threads only contend (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = [
     "model.base_channels=16", "model.norm_groups=8", "model.channel_mult=[1, 2]", "model.num_res_blocks=1",
     "model.attention_resolutions=[16]", "model.emb_channels=32", "model.dropout=0.1",  # dropout: global RNG matters

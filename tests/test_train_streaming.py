@@ -3,19 +3,10 @@
 import json
 
 import pytest
-import torch
 
 from versadiff.config import load_config
 from versadiff.data import ShardDataset, build_dataset, write_shards
 from versadiff.train.trainer import Trainer
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

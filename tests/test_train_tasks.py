@@ -15,14 +15,6 @@ from versadiff.train.trainer import Trainer
 from versadiff.vq_pipeline import LoadedVQModel
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 RUN = ["data.size=32", "train.batch_size=8", "train.log_every=1", "train.sample_every=0", "train.warmup_steps=1",
        "train.ema_decay=0.5", "sample.n=4"]
 VQAE = RUN + ["model.base_channels=8", "model.norm_groups=4", "model.z_channels=8", "model.embed_dim=4",

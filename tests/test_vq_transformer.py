@@ -8,14 +8,6 @@ from versadiff.processes.discrete import DiscreteProcess, MaskReplaceSchedule
 from versadiff.samplers.discrete import VQDenoiser, sample_vq
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _count(name):
     with torch.device("meta"):
         net = vq_transformer(name)
