@@ -12,7 +12,6 @@ writes bytes at protocol 2). Any other global (os.system, builtins.eval, ...) ra
 
 from __future__ import annotations
 
-import operator
 import pickle
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .transforms import item_seed
+from .transforms import check_index, item_seed
 
 __all__ = ["SAFE_PICKLE_GLOBALS", "safe_load_pickle", "CIFARDataset", "write_cifar"]
 
@@ -147,10 +146,7 @@ class CIFARDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = operator.index(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
-        index = index % len(self)
+        index = check_index(index, len(self))
         x = torch.from_numpy(self.images[index].astype(np.float32)).div_(127.5).sub_(1.0)
         if self.resolution != 32:
             x = F.interpolate(x[None], size=(self.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)[0]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import build_transform, item_seed
+from .transforms import build_transform, check_index, item_seed
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "list_images"]
 
@@ -101,10 +100,7 @@ class ImageFolderDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = operator.index(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
-        index = index % len(self)
+        index = check_index(index, len(self))
         path = self.files[index]
         with Image.open(path) as img:
             img.load()

@@ -7,7 +7,6 @@ then each dim as a big-endian uint32, then the data in big-endian C order.
 from __future__ import annotations
 
 import gzip
-import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .transforms import item_seed
+from .transforms import check_index, item_seed
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -215,10 +214,7 @@ class MNISTDataset(Dataset):
         self.epoch = int(epoch)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index = operator.index(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
-        index = index % len(self)
+        index = check_index(index, len(self))
         x = torch.from_numpy(self.images[index].copy()).float().div_(127.5).sub_(1.0)[None]  # [1,H,W]
         size = x.shape[-1]
         if self.resolution != size:

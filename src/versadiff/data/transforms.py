@@ -7,6 +7,8 @@ exactly the augmentations the interrupted one would have seen.
 
 from __future__ import annotations
 
+import operator
+
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,14 @@ INTERPOLATIONS = {
 }
 CROPS = ("center", "random", "none")
 _BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+
+
+def check_index(index: int, n: int) -> int:
+    """A dataset index in [0, n) from a Python index (negative counts from the end); IndexError otherwise."""
+    i = operator.index(index)
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for a dataset of {n} images")
+    return i % n
 
 
 def item_seed(base_seed: int, epoch: int, index: int, n: int) -> int:
