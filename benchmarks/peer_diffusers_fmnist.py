@@ -63,8 +63,9 @@ def build_sampler(name: str, train_config: Any) -> Any:
 
     if name == "ddim":  # eta = 0; "trailing" spacing reaches t = T at few steps (Lin et al. 2024, table 2)
         return DDIMScheduler.from_config(train_config, timestep_spacing="trailing", clip_sample=True)
-    if name == "dpmpp":  # DPM-Solver++(2M), diffusers' defaults
-        return DPMSolverMultistepScheduler.from_config(train_config, algorithm_type="dpmsolver++", solver_order=2)
+    if name == "dpmpp":  # DPM-Solver++(2M); thresholding with max value 1 clips x0 to [-1, 1] like clip_sample
+        return DPMSolverMultistepScheduler.from_config(train_config, algorithm_type="dpmsolver++", solver_order=2,
+                                                       thresholding=True, sample_max_value=1.0)
     if name == "ddpm":  # ancestral sampling with the fixed-small variance of the paper
         return DDPMScheduler.from_config(train_config)
     raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")

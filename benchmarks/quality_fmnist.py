@@ -11,11 +11,11 @@ Every sample set is written as a uint8 .npz (images + labels, seeds base..base+N
 scored by the same call, versadiff.eval.evaluate: fmnist_acc (the shipped classifier's accuracy on the
 requested class) and fmnist_fd (Fréchet distance of its 128-d features against the test split).
 
-Settings run in priority order, each for every contender before the next starts; a setting whose
-estimated cost (from the measured sampling throughput) would pass the --sample-minutes deadline is
-skipped and listed as such, so all contenders always share the same set of settings.
+Every (contender, setting) pair is sampled and scored by its own worker process, --jobs at a time,
+largest first; each scored row is appended to rows/<contender>.jsonl at once, so an interrupted run
+resumes by running the same command again (with --skip-train once training is done).
 
-    python benchmarks/quality_fmnist.py --out runs/quality_fmnist --budget-min 8 --n 250
+    python benchmarks/quality_fmnist.py --out runs/quality_fmnist --budget-min 8 --n 200 --jobs 2
 
 Every process runs with one torch thread: on this shared 2-core machine, two threads per process
 made a training step 4x slower (measured), because each op waits for its descheduled second thread.
@@ -28,7 +28,9 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -62,13 +64,19 @@ def cpu_model() -> str:
     return f"unknown CPU ({os.cpu_count()} cores)"
 
 
-def _run(cmd: list[str], log: Path) -> float:
-    """Run a command (one torch thread), its output appended to `log`; returns its wall time in seconds."""
+_LOG_LOCK = threading.Lock()
+
+
+def _run(cmd: list[str], work: Path, name: str) -> float:
+    """Run a command (one torch thread) with its output in work/logs/<name>.log, recorded in commands.log;
+    returns its wall time in seconds."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    log = work / "logs" / f"{name}.log"
+    with _LOG_LOCK, open(work / "commands.log", "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
     t0 = time.perf_counter()
     with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if proc.returncode:
         raise RuntimeError(f"command failed (exit {proc.returncode}), see {log}: {' '.join(cmd)}")
@@ -113,19 +121,19 @@ def measured_steps_per_s(name: str, out: Path) -> float:
     return float(rows[-1]["img_per_s"]) / BATCH_SIZE
 
 
-def calibrate(name: str, work: Path, steps: int, log: Path) -> float:
+def calibrate(name: str, work: Path, steps: int) -> float:
     """Training steps/s from a short run whose first half (warm-up of caches, allocator) is not counted."""
     out = work / "calibrate" / name
-    _run(train_command(name, out, steps, 1, max(1, steps // 2)), log)
+    _run(train_command(name, out, steps, 1, max(1, steps // 2)), work, f"calibrate_{name}")
     return measured_steps_per_s(name, out)
 
 
-def train_contender(name: str, work: Path, budget_s: float, rate: float, log: Path) -> dict[str, Any]:
+def train_contender(name: str, work: Path, budget_s: float, rate: float) -> dict[str, Any]:
     steps = max(1, int(budget_s * rate))
     warmup = warmup_for(steps, preset_warmup(name))
     out = work / "train" / name
     cmd = train_command(name, out, steps, warmup, max(1, steps // 10))
-    wall = _run(cmd, log)
+    wall = _run(cmd, work, f"train_{name}")
     return {"steps": steps, "warmup": warmup, "calibrated_steps_per_s": rate, "wall_s": wall,
             "train_steps_per_s": measured_steps_per_s(name, out), "run": str(out), "command": " ".join(cmd)}
 
@@ -151,29 +159,34 @@ class Setting:
         return self.n * self.steps * (2 if self.guidance else 1)
 
 
-def make_generator(name: str, run: Path) -> tuple[Callable[[Setting], torch.Tensor], int]:
-    """(function Setting -> images [N, 1, 28, 28] in [-1, 1], parameter count) of a trained contender."""
+def make_generator(name: str, run: Path) -> Callable[[Setting], torch.Tensor]:
+    """Function Setting -> images [N, 1, 28, 28] in [-1, 1] of a trained contender (seeds 0..N-1, class i mod 10)."""
+    labels = lambda s: [i % 10 for i in range(s.n)]  # noqa: E731
     if name == "peer":
-        sys.path.insert(0, str(HERE))
-        import peer_diffusers_fmnist as peer
-
+        peer = _peer_module()
         unet = peer.load_unet(run)
-
-        def gen(s: Setting) -> torch.Tensor:
-            return peer.generate(unet, list(range(s.n)), [i % 10 for i in range(s.n)], s.sampler, s.steps,
-                                 s.guidance, batch_size=250)
-
-        return gen, peer.count_parameters(unet)
-
+        return lambda s: peer.generate(unet, list(range(s.n)), labels(s), s.sampler, s.steps, s.guidance,
+                                       batch_size=250)
     from versadiff.pipelines import load_model
 
     model = load_model(run)
+    return lambda s: model.generate(list(range(s.n)), sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                                    class_labels=labels(s), batch_size=250)
 
-    def gen(s: Setting) -> torch.Tensor:
-        return model.generate(list(range(s.n)), sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                              class_labels=[i % 10 for i in range(s.n)], batch_size=250)
 
-    return gen, sum(p.numel() for p in model.net.parameters())
+def count_parameters(name: str, run: Path) -> int:
+    if name == "peer":
+        return _peer_module().count_parameters(_peer_module().load_unet(run))
+    from versadiff.pipelines import load_model
+
+    return sum(p.numel() for p in load_model(run).net.parameters())
+
+
+def _peer_module() -> Any:
+    sys.path.insert(0, str(HERE))
+    import peer_diffusers_fmnist as peer
+
+    return peer
 
 
 def save_samples(path: Path, images: torch.Tensor, n: int) -> Path:
@@ -193,33 +206,80 @@ def score(npz: Path, cache: Path) -> dict[str, float]:
     return {"acc": float(m["fmnist_acc"]), "fd": float(m["fmnist_fd"])}
 
 
-def run_settings(gens: dict[str, Callable], settings: list[Setting], work: Path, deadline: float,
-                 results: dict[str, Any], save: Callable[[], None]) -> None:
-    """Each setting for every contender, in order; skip settings whose estimated cost passes the deadline."""
-    throughput: dict[str, float] = {}  # contender -> network evaluations x images per second
-    for s in settings:
-        if len(throughput) == len(gens):
-            need = sum(s.nfe_images / throughput[c] for c in gens)
-            if time.perf_counter() + need > deadline:
-                results["skipped"].append({"setting": s.key, "n": s.n, "estimated_s": round(need)})
-                save()
-                continue
-        for c, gen in gens.items():
-            row = {"contender": c, "setting": s.key, "sampler": s.sampler, "steps": s.steps,
-                   "guidance": s.guidance, "n": s.n}
-            t0 = time.perf_counter()
-            try:
-                images = gen(s)
-            except (ValueError, RuntimeError) as e:  # e.g. guidance missing from the install: shown in the table
-                row["error"] = " ".join(str(e).split())
-            else:
-                dt = time.perf_counter() - t0
-                throughput[c] = s.nfe_images / dt
-                npz = save_samples(work / "samples" / f"{c}_{s.key}.npz", images, s.n)
-                row.update(sample_s=dt, **score(npz, work / "cache"))
-            results["rows"].append(row)
-            print(json.dumps(row), flush=True)
-            save()
+def rows_file(work: Path, contender: str) -> Path:
+    """Where a contender's scored settings accumulate, one JSON row per line (the resume record)."""
+    return work / "rows" / f"{contender}.jsonl"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sample_and_score(contender: str, work: Path, settings: list[Setting]) -> None:
+    """Worker: sample and score each setting of one contender not already in its rows file, appending rows.
+
+    Runs in its own process (one torch thread), so --jobs workers share the cores without sharing state.
+    """
+    torch.set_num_threads(1)
+    path = rows_file(work, contender)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (work / "samples").mkdir(exist_ok=True)
+    done = {r["setting"] for r in read_rows(path)}
+    todo = [s for s in settings if s.key not in done]
+    if not todo:
+        return
+    gen = make_generator(contender, work / "train" / contender)
+    for s in todo:
+        row: dict[str, Any] = {"contender": contender, "setting": s.key, "sampler": s.sampler, "steps": s.steps,
+                               "guidance": s.guidance, "n": s.n}
+        t0 = time.perf_counter()
+        try:
+            images = gen(s)
+        except (ValueError, RuntimeError) as e:  # e.g. guidance missing from the install: shown in the table
+            row["error"] = " ".join(str(e).split())
+        else:
+            row["sample_s"] = time.perf_counter() - t0
+            npz = save_samples(work / "samples" / f"{contender}_{s.key}.npz", images, s.n)
+            row.update(score(npz, work / "cache"))
+        with open(path, "a") as f:  # one complete line per setting: an interrupted run loses nothing scored
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
+def parallel(jobs: int, tasks: list[Callable[[], Any]]) -> list[Any]:
+    """Run callables (each starts and waits on a subprocess) at most `jobs` at a time; the first error is raised."""
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [f.result() for f in [pool.submit(t) for t in tasks]]
+
+
+def worker_command(contender: str, args: argparse.Namespace, keys: list[str]) -> list[str]:
+    return [PY, str(Path(__file__).resolve()), "--out", str(Path(args.out).resolve()), "--worker", contender,
+            "--settings", ",".join(keys), "--n", str(args.n), "--n-ancestral", str(args.n_ancestral),
+            "--guidance", str(args.guidance)]
+
+
+def write_grid(work: Path, names: list[str], setting: str, per_class: int = 3) -> Path | None:
+    """A PNG of the first per_class x 10 samples of `setting`, one block of rows per contender (top to bottom,
+    columns = classes 0..9), or None when a contender has no samples for it."""
+    from PIL import Image
+
+    blocks = []
+    for c in names:
+        npz = work / "samples" / f"{c}_{setting}.npz"
+        if not npz.is_file():
+            return None
+        with np.load(npz) as f:
+            images = f["images"][: per_class * 10]
+        block = np.full((per_class * 30 + 8, 300), 255, np.uint8)  # 28 px + a 2 px border, 8 px between blocks
+        for i, im in enumerate(images):
+            r, k = divmod(i, 10)
+            block[r * 30 + 1 : r * 30 + 29, k * 30 + 1 : k * 30 + 29] = im
+        blocks.append(block)
+    path = work / f"samples_{setting}.png"
+    Image.fromarray(np.concatenate(blocks)[:-8]).save(path, optimize=True)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -260,9 +320,10 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {k} | {n} | " + " | ".join(parts) + f" | {margin} |")
     if errors:
         lines += ["", "Failed (— in the table): " + "; ".join(errors)]
-    if results["skipped"]:
-        lines += ["", "Not run (estimated cost past the sampling deadline): " + ", ".join(
-            f"{s['setting']} (N={s['n']}, ~{s['estimated_s']} s)" for s in results["skipped"])]
+    missing = [f"{c} {k}" for k in results.get("requested", []) for c in results["train"] if (c, k) not in cell
+               and not any(r["contender"] == c and r["setting"] == k for r in rows)]
+    if missing:
+        lines += ["", "Not run yet (rerun the same command to finish; scored rows are kept): " + ", ".join(missing)]
     return "\n".join(lines) + "\n"
 
 
@@ -273,41 +334,56 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/quality_fmnist", help="work folder (runs, samples, results.json)")
     p.add_argument("--budget-min", type=float, default=8.0, help="training wall clock per contender (minutes)")
-    p.add_argument("--sample-minutes", type=float, default=15.0, help="deadline for all sampling (minutes)")
-    p.add_argument("--n", type=int, default=1000, help="samples per few-step setting")
-    p.add_argument("--n-ancestral", type=int, default=200, help="samples for 1000-step ancestral sampling")
+    p.add_argument("--n", type=int, default=200, help="samples per few-step setting")
+    p.add_argument("--n-ancestral", type=int, default=50, help="samples for 1000-step ancestral sampling")
     p.add_argument("--guidance", type=float, default=1.0, help="w of the guided settings: (1 + w) cond - w uncond")
-    p.add_argument("--calibrate-steps", type=int, default=10, help="steps of each calibration run")
+    p.add_argument("--settings", default="", help="comma list of setting keys such as ddim10_w1 (default: all)")
+    p.add_argument("--calibrate-steps", type=int, default=20, help="steps of each calibration run")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list (default: all three)")
+    p.add_argument("--jobs", type=int, default=1, help="processes at once (one torch thread each)")
     p.add_argument("--skip-train", action="store_true", help="reuse the trained runs in --out")
     p.add_argument("--table", action="store_true", help="only re-render --out/table.md from its results.json")
+    p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: sample and score one contender
     args = p.parse_args(argv)
+    work = Path(args.out).resolve()
+    res_path = work / "results.json"
     if args.table:
-        res = Path(args.out) / "results.json"
-        if not res.is_file():
-            p.error(f"{res} does not exist; run the benchmark first")
-        text = markdown(json.loads(res.read_text()))
-        (res.parent / "table.md").write_text(text)
+        if not res_path.is_file():
+            p.error(f"{res_path} does not exist; run the benchmark first")
+        text = markdown(json.loads(res_path.read_text()))
+        (work / "table.md").write_text(text)
         print(text)
         return 0
-    torch.set_num_threads(1)
     names = [c.strip() for c in args.contenders.split(",") if c.strip()]
     bad = [c for c in names if c not in CONTENDERS]
     if bad or not names:
         p.error(f"unknown contenders {bad}; choose from {', '.join(CONTENDERS)}")
-    if min(args.n, args.n_ancestral) < 10 or args.budget_min <= 0:
-        p.error("--n and --n-ancestral must be >= 10 (one image per class at least) and --budget-min > 0")
-    work = Path(args.out).resolve()
+    if min(args.n, args.n_ancestral) < 10 or args.budget_min <= 0 or args.jobs < 1:
+        p.error("--n and --n-ancestral must be >= 10 (one image per class at least), --budget-min > 0, --jobs >= 1")
+    ws = (0.0,) if args.guidance == 0 else (0.0, args.guidance)  # --guidance 0: unguided settings only
+    settings = [Setting(s, k, w, args.n_ancestral if s == "ddpm" else args.n) for s, k in SETTINGS for w in ws]
+    wanted = [k.strip() for k in args.settings.split(",") if k.strip()]
+    unknown = sorted(set(wanted) - {s.key for s in settings})
+    if unknown:
+        p.error(f"unknown settings {unknown}; choose from {', '.join(s.key for s in settings)}")
+    settings = [s for s in settings if not wanted or s.key in wanted]
+    if args.worker:
+        sample_and_score(args.worker, work, settings)
+        return 0
+
     work.mkdir(parents=True, exist_ok=True)
     (work / "samples").mkdir(exist_ok=True)
-    log = work / "commands.log"
-    res_path = work / "results.json"
     start = time.perf_counter()
     results: dict[str, Any] = {"device": cpu_model(), "budget_min": args.budget_min, "n": args.n,
                                "n_ancestral": args.n_ancestral, "guidance": args.guidance, "torch_threads": 1,
-                               "train": {}, "rows": [], "skipped": []}
+                               "jobs": args.jobs, "train": {}, "rows": [], "requested": [s.key for s in settings]}
     if args.skip_train:
-        results["train"] = json.loads(res_path.read_text())["train"]
+        if not res_path.is_file():
+            p.error(f"--skip-train needs the trained runs recorded in {res_path}; run once without it")
+        results["train"] = {c: t for c, t in json.loads(res_path.read_text())["train"].items() if c in names}
+        untrained = [c for c in names if c not in results["train"]]
+        if untrained:
+            p.error(f"{res_path} records no trained run for {', '.join(untrained)}; drop --skip-train or --contenders")
 
     def save() -> None:
         results["elapsed_s"] = time.perf_counter() - start
@@ -315,22 +391,26 @@ def main(argv: list[str] | None = None) -> int:
         (work / "table.md").write_text(markdown(results))
 
     if not args.skip_train:
-        rates = {}
-        for c in names:  # calibrate all first, so each rate is measured under comparable load
-            rates[c] = calibrate(c, work, args.calibrate_steps, log)
-            print(f"calibrated {c}: {rates[c]:.3f} steps/s", flush=True)
-        for c in names:
-            results["train"][c] = train_contender(c, work, args.budget_min * 60, rates[c], log)
-            print(f"trained {c}: {json.dumps(results['train'][c])}", flush=True)
-            save()
-    gens = {}
+        # calibrate one at a time, each alone on the machine: two processes side by side slow each other
+        # (ours-unet measured 0.50 steps/s beside another run vs 0.64 alone), so the budget in steps is
+        # "what this contender does in budget-min minutes alone"; training may then run --jobs at a time
+        rates = {c: calibrate(c, work, args.calibrate_steps) for c in names}
+        print("calibrated steps/s: " + json.dumps(rates), flush=True)
+        trained = parallel(args.jobs, [lambda c=c: train_contender(c, work, args.budget_min * 60, rates[c])
+                                       for c in names])
+        results["train"] = dict(zip(names, trained))
+        save()
     for c in names:
-        gens[c], params = make_generator(c, Path(results["train"][c]["run"]))
-        results["train"][c]["parameters"] = params
-    ws = (0.0,) if args.guidance == 0 else (0.0, args.guidance)  # --guidance 0: unguided settings only
-    settings = [Setting(s, k, w, args.n_ancestral if s == "ddpm" else args.n) for s, k in SETTINGS for w in ws]
-    run_settings(gens, settings, work, time.perf_counter() + args.sample_minutes * 60, results, save)
+        results["train"][c]["parameters"] = count_parameters(c, work / "train" / c)
+    # one worker process per (contender, setting), largest first so the last ones to finish are short
+    items = sorted(((c, s) for s in settings for c in names), key=lambda cs: -cs[1].nfe_images)
+    parallel(args.jobs, [lambda c=c, s=s: _run(worker_command(c, args, [s.key]), work, f"sample_{c}_{s.key}")
+                         for c, s in items])
+    order = {s.key: i for i, s in enumerate(settings)}
+    rows = [r for c in names for r in read_rows(rows_file(work, c)) if r["setting"] in order]
+    results["rows"] = sorted(rows, key=lambda r: (order[r["setting"]], names.index(r["contender"])))
     save()
+    write_grid(work, names, "ddim20_w1")
     print(markdown(results))
     print(f"total wall time {time.perf_counter() - start:.0f} s; results in {res_path}")
     return 0

@@ -51,6 +51,14 @@ def test_peer_guidance_changes_samples(random_unet):
     assert (plain - guided).abs().max() > 1e-4
 
 
+def test_peer_dpmpp_clips_x0_like_ddim():
+    # the peer's DDIM clips x0 to [-1, 1] (clip_sample); its DPM-Solver++ must do the same, via thresholding
+    sched = peer.build_sampler("dpmpp", peer.build_train_scheduler().config)
+    x0 = torch.linspace(-3, 3, 2 * 28 * 28).reshape(2, 1, 28, 28)
+    torch.testing.assert_close(sched._threshold_sample(x0), x0.clamp(-1, 1))
+    assert peer.build_sampler("ddim", peer.build_train_scheduler().config).config.clip_sample
+
+
 def test_peer_bad_input(random_unet):
     with pytest.raises(ValueError, match="one label per seed"):
         peer.generate(random_unet, [0, 1], [0], "ddim", 2)
@@ -124,7 +132,7 @@ def test_train_commands_share_batch_and_budget_steps(tmp_path):
     assert theirs[theirs.index("--max-steps") + 1] == "123" and theirs[theirs.index("--batch-size") + 1] == "64"
 
 
-def test_table_margins_errors_and_skips():
+def test_table_margins_errors_and_missing():
     row = lambda c, k, acc, fd: {"contender": c, "setting": k, "n": 200, "acc": acc, "fd": fd}  # noqa: E731
     results = {
         "device": "test CPU", "budget_min": 8,
@@ -133,11 +141,48 @@ def test_table_margins_errors_and_skips():
         "rows": [row("ours-unet", "ddim10_w0", 0.60, 30.0), row("ours-uvit", "ddim10_w0", 0.70, 40.0),
                  row("peer", "ddim10_w0", 0.50, 60.0),
                  {"contender": "ours-unet", "setting": "ddim10_w1", "n": 200, "error": "no guidance"}],
-        "skipped": [{"setting": "ddpm1000_w0", "n": 50, "estimated_s": 999}],
+        "requested": ["ddim10_w0", "ddim10_w1"],
     }
     table = qf.markdown(results)
     line = next(ln for ln in table.splitlines() if ln.startswith("| ddim10_w0 |"))
     assert line.endswith("| +0.200 | x0.50 |")  # best acc 0.70 vs 0.50; best FD 30 / 60
     assert "ours-unet ddim10_w1: no guidance" in table
-    assert "ddpm1000_w0 (N=50, ~999 s)" in table
+    # failed rows are reported as failures, pairs with no row at all as not run yet
+    assert "Not run yet" in table and "ours-uvit ddim10_w1, peer ddim10_w1" in table
+    assert "ours-unet ddim10_w1," not in table.split("Not run yet")[1]
     assert "test CPU" in table and "| ours-unet | 2.00M | 0.500 | 10 | 0.020 | 480 |" in table
+
+
+@needs_fmnist
+def test_worker_appends_rows_and_resumes(tmp_path):
+    peer.train(tmp_path / "train" / "peer", max_steps=1, batch_size=4, warmup=1, log_every=1)
+    settings = [qf.Setting("ddim", 2, 0.0, 10), qf.Setting("ddim", 2, 1.0, 10)]
+    qf.sample_and_score("peer", tmp_path, settings[:1])
+    rows = qf.read_rows(qf.rows_file(tmp_path, "peer"))
+    assert [r["setting"] for r in rows] == ["ddim2_w0"] and 0 <= rows[0]["acc"] <= 1 and rows[0]["fd"] > 0
+    assert (tmp_path / "samples" / "peer_ddim2_w0.npz").is_file()
+    qf.sample_and_score("peer", tmp_path, settings)  # the scored setting is kept, only the new one runs
+    again = qf.read_rows(qf.rows_file(tmp_path, "peer"))
+    assert [r["setting"] for r in again] == ["ddim2_w0", "ddim2_w1"] and again[0] == rows[0]
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        qf.main(["--out", str(tmp_path), "--settings", "ddim7_w0"])
+    assert "unknown settings ['ddim7_w0']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        qf.main(["--out", str(tmp_path), "--skip-train"])
+    assert "--skip-train needs the trained runs" in capsys.readouterr().err
+
+
+def test_grid_has_one_block_per_contender(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "samples").mkdir()
+    for value, c in enumerate(["a", "b"]):
+        np.savez(tmp_path / "samples" / f"{c}_ddim20_w1.npz", images=np.full((30, 28, 28), 100 + value, np.uint8),
+                 labels=np.arange(30) % 10)
+    grid = np.asarray(Image.open(qf.write_grid(tmp_path, ["a", "b"], "ddim20_w1")))
+    assert grid.shape == (2 * 90 + 8, 300)
+    assert grid[1, 1] == 100 and grid[98 + 1, 1] == 101  # block b starts after block a and the 8-px gap
+    assert qf.write_grid(tmp_path, ["a", "missing"], "ddim20_w1") is None
