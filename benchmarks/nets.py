@@ -5,6 +5,7 @@ Run:  .venv/bin/python benchmarks/nets.py [--tiny-batch 16] [--small-batch 2] [-
 Compares, in one run and side by side at the same batch size:
   unet_tiny (ours)    vs a diffusers UNet2DModel of about the same parameter count
   U-ViT-S/2 (ours)    vs a diffusers UNet2DModel of about the same parameter count (47M vs 44M)
+  unet_tiny with conv resampling (no attention on the resampling blocks) vs the same tiny diffusers UNet
 for forward and training-step (fwd + bwd + AdamW) throughput in fp32 and bf16 autocast
 (best of --iters timed calls after one warm-up; the two models of a pair are timed interleaved, A B A B).
 
@@ -197,18 +198,23 @@ def main() -> None:
     print(f"device: {cpu}", flush=True)
     peaks = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
 
+    tiny_peer = ("diffusers UNet2DModel (32,64,64)x3", diffusers_unet((32, 64, 64), 3, 1), args.tiny_batch)
     models = [
         ("unet_tiny (ours)", build_net("unet_tiny"), args.tiny_batch),
-        ("diffusers UNet2DModel (32,64,64)x3", diffusers_unet((32, 64, 64), 3, 1), args.tiny_batch),
+        tiny_peer,
         ("U-ViT-S/2 (ours)", build_net("uvit_s2"), args.small_batch),
         ("diffusers UNet2DModel (128,256,256,256)x3", diffusers_unet((128, 256, 256, 256), 3, 1), args.small_batch),
+        # unet_tiny without VDPM's attention on resampling blocks (one of which runs over 32x32 = 1024 tokens)
+        ("unet_tiny, conv resampling (ours)", build_net({"preset": "unet_tiny", "resblock_resample": False}),
+         args.tiny_batch),
+        tiny_peer,
     ]
     rows = []
     savings = []
-    for k in (0, 2):
+    for k in range(0, len(models), 2):
         batch = models[k][2]
         rows += bench_pair([models[k][:2], models[k + 1][:2]], batch, args.iters, peaks)
-    for name, model, batch in models:
+    for name, model, batch in models[:4]:  # the last pair repeats the tiny peer
         savings.append(checkpoint_saving(name, model, batch))
 
     print(f"\nDevice: {cpu}. Matmul peak (2048^3, best in this run): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, "
@@ -226,7 +232,7 @@ def main() -> None:
     print("\nSpeed ratio ours / diffusers peer (same batch, same run):\n")
     print("| device | pair | dtype | fwd ratio | train ratio |")
     print("|---|---|---|---|---|")
-    for first in (0, 4):  # rows per pair: [ours fp32, peer fp32, ours bf16, peer bf16]
+    for first in range(0, len(rows), 2 * len(DTYPES)):  # rows per pair: [ours fp32, peer fp32, ours bf16, peer bf16]
         for k in range(len(DTYPES)):
             a, b = rows[first + 2 * k], rows[first + 2 * k + 1]
             print(f"| {dev} | {a['model']} / {b['model']} | {a['dtype']} | {a['fwd'] / b['fwd']:.2f} "
