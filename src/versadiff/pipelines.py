@@ -12,7 +12,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,28 @@ CONFIG_KEY = "versadiff_config"
 INFO_KEY = "versadiff_info"
 
 
-class ClassLabels:
-    """Class-label handling shared by the loaded models (needs `num_classes` and `class_names`)."""
+@dataclass
+class SampleRequest:
+    """What one generate() call asks for, after defaults and checks."""
 
+    seeds: list[int]
+    sampler: str
+    steps: int
+    guidance: float
+    labels: Tensor | None  # one per seed; None for an unconditional model
+    options: dict[str, Any]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[list[int], Tensor | None]]:
+        """(seeds, labels) chunks of at most batch_size; an image depends only on its own seed and label."""
+        for start in range(0, len(self.seeds), batch_size):
+            chunk = self.seeds[start : start + batch_size]
+            yield chunk, None if self.labels is None else self.labels[start : start + len(chunk)]
+
+
+class ClassLabels:
+    """Class-label and generate()-argument handling shared by the loaded models."""
+
+    config: RunConfig
     num_classes: int
     class_names: list[str]
 
@@ -50,6 +69,19 @@ class ClassLabels:
             raise ValueError(f"class index {i} out of range: this model has {self.num_classes} classes "
                              f"(0..{self.num_classes - 1}, -1 = unconditional)")
         return i
+
+    def _request(self, seeds: Sequence[int], sampler: str | None, steps: int | None, guidance: float | None,
+                 class_labels: Any, batch_size: int, options: dict[str, Any]) -> SampleRequest:
+        """A generate() call's arguments checked, with defaults from the run's `sample` section."""
+        s = self.config.sample
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        guidance = s.guidance if guidance is None else guidance
+        if guidance and self.num_classes == 0:
+            raise ValueError("guidance needs a class-conditional model; set guidance to 0")
+        seeds = [int(x) for x in seeds]
+        return SampleRequest(seeds, s.sampler if sampler is None else sampler, s.steps if steps is None else steps,
+                             guidance, self._labels(class_labels, len(seeds)), {**s.options, **options})
 
     def _labels(self, class_labels: Any, n: int) -> Tensor | None:
         if self.num_classes == 0:
@@ -135,30 +167,19 @@ class LoadedModel(ClassLabels):
 
         if truncation is not None and truncation != 1.0:
             raise ValueError("truncation applies to VQ-Diffusion models; drop --truncation for a Gaussian model")
-        s = self.config.sample
-        sampler = s.sampler if sampler is None else sampler
-        steps = s.steps if steps is None else steps
-        guidance = s.guidance if guidance is None else guidance
-        options = {**s.options, **options}
-        if sampler == "ddpm":  # ancestral steps use the run's reverse variance unless told otherwise
-            options.setdefault("variance", self.config.diffusion.variance)
-            options.setdefault("intp_frac", self.config.diffusion.intp_frac)
-        seeds = [int(x) for x in seeds]
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if guidance and self.num_classes == 0:
-            raise ValueError("guidance needs a class-conditional model; set guidance to 0")
-        labels = self._labels(class_labels, len(seeds))
+        req = self._request(seeds, sampler, steps, guidance, class_labels, batch_size, options)
+        if req.sampler == "ddpm":  # ancestral steps use the run's reverse variance unless told otherwise
+            req.options.setdefault("variance", self.config.diffusion.variance)
+            req.options.setdefault("intp_frac", self.config.diffusion.intp_frac)
         device = torch.device(device)
         self.net.to(device).eval()
         if self.latent is not None:
             self.latent.to(device)
         out = []
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            den = self._denoiser(None if labels is None else labels[start : start + len(chunk)].to(device), guidance)
-            x = sample(den, self.sample_shape, self.schedule, sampler=sampler, steps=steps,
-                       seeds=chunk, device=device, dtype=torch.float32, disable=not progress, **options)
+        for chunk, labels in req.batches(batch_size):
+            den = self._denoiser(None if labels is None else labels.to(device), req.guidance)
+            x = sample(den, self.sample_shape, self.schedule, sampler=req.sampler, steps=req.steps,
+                       seeds=chunk, device=device, dtype=torch.float32, disable=not progress, **req.options)
             if self.latent is not None:
                 x = self.latent.decode(x)
             out.append(x.float().clamp(-1, 1).cpu())

@@ -121,29 +121,18 @@ class LoadedVQModel(ClassLabels):
         """
         from versadiff.samplers.discrete import VQDenoiser, sample_vq
 
-        s = self.config.sample
-        sampler = s.sampler if sampler is None else sampler
-        steps = s.steps if steps is None else steps
-        guidance = s.guidance if guidance is None else guidance
-        truncation = s.truncation if truncation is None else truncation
-        options = {**s.options, **options}
-        stride = stride_for(sampler, steps, self.process.num_steps)
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if guidance and self.num_classes == 0:
-            raise ValueError("guidance needs a class-conditional model; set guidance to 0")
-        seeds = [int(x) for x in seeds]
-        labels = self._labels(class_labels, len(seeds))
+        req = self._request(seeds, sampler, steps, guidance, class_labels, batch_size, options)
+        truncation = self.config.sample.truncation if truncation is None else truncation
+        stride = stride_for(req.sampler, req.steps, self.process.num_steps)
         device = torch.device(device)
         self.net.to(device).eval()
         self.autoencoder.to(device).eval()
         h, w = self.token_grid
         out = []
-        for start in range(0, len(seeds), batch_size):
-            chunk = seeds[start : start + batch_size]
-            cond = {} if labels is None else {"class_labels": labels[start : start + len(chunk)].to(device)}
-            den = VQDenoiser(self.net, self.process, cond, guidance_scale=1.0 + guidance, truncation=truncation)
-            tokens = sample_vq(den, self.process, h * w, seeds=chunk, method=sampler, stride=stride, device=device,
-                               **options)
+        for chunk, labels in req.batches(batch_size):
+            cond = {} if labels is None else {"class_labels": labels.to(device)}
+            den = VQDenoiser(self.net, self.process, cond, guidance_scale=1.0 + req.guidance, truncation=truncation)
+            tokens = sample_vq(den, self.process, h * w, seeds=chunk, method=req.sampler, stride=stride,
+                               device=device, **req.options)
             out.append(self.autoencoder.decode_tokens(tokens, (h, w)).float().clamp(-1, 1).cpu())
         return torch.cat(out) if out else torch.empty(0, *self.image_shape)
