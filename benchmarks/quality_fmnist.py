@@ -226,7 +226,10 @@ def sample_and_score(contender: str, work: Path, settings: list[Setting]) -> Non
     path = rows_file(work, contender)
     path.parent.mkdir(parents=True, exist_ok=True)
     (work / "samples").mkdir(exist_ok=True)
-    done = {r["setting"] for r in read_rows(path)}
+    done = {r["setting"]: r["n"] for r in read_rows(path)}
+    for s in settings:
+        if done.get(s.key, s.n) != s.n:
+            raise ValueError(f"{path} already scored {s.key} with N={done[s.key]}, not {s.n}; use another --out")
     todo = [s for s in settings if s.key not in done]
     if not todo:
         return
@@ -368,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown settings {unknown}; choose from {', '.join(s.key for s in settings)}")
     settings = [s for s in settings if not wanted or s.key in wanted]
     if args.worker:
-        sample_and_score(args.worker, work, settings)
+        try:
+            sample_and_score(args.worker, work, settings)
+        except ValueError as e:
+            p.error(str(e))
         return 0
 
     work.mkdir(parents=True, exist_ok=True)

@@ -164,6 +164,8 @@ def test_worker_appends_rows_and_resumes(tmp_path):
     qf.sample_and_score("peer", tmp_path, settings)  # the scored setting is kept, only the new one runs
     again = qf.read_rows(qf.rows_file(tmp_path, "peer"))
     assert [r["setting"] for r in again] == ["ddim2_w0", "ddim2_w1"] and again[0] == rows[0]
+    with pytest.raises(ValueError, match="already scored ddim2_w0 with N=10, not 20"):
+        qf.sample_and_score("peer", tmp_path, [qf.Setting("ddim", 2, 0.0, 20)])
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
