@@ -162,7 +162,8 @@ def test_cli_images_folder_with_labels(tmp_path, one_thread):
     assert main(["eval", "--ref", str(ref), "--metrics", "fmnist_fd", "--save-ref", str(tmp_path / "only.npz"),
                  "--out", str(tmp_path / "only.json"), "--quiet"]) == 0
     only = np.load(tmp_path / "only.npz")
-    np.testing.assert_array_equal(only["sigma"], saved["sigma"])
+    # the same statistics, up to float32 rounding: oneDNN's kernels (AVX-512/AMX) differ by batch size
+    np.testing.assert_allclose(only["sigma"], saved["sigma"], rtol=1e-5, atol=1e-6 * np.abs(saved["sigma"]).max())
     assert "features" not in only.files  # FD alone needs no raw features
     # statistics without a feature name (pytorch-fid's format) are used only when vouched for
     np.savez(tmp_path / "plain.npz", mu=only["mu"], sigma=only["sigma"])
@@ -170,7 +171,7 @@ def test_cli_images_folder_with_labels(tmp_path, one_thread):
             "--out", str(tmp_path / "r3.json"), "--quiet"]
     assert main(args) == 2
     assert main(args + ["--ref-feature", "fmnist_classifier_fc1"]) == 0
-    assert json.loads((tmp_path / "r3.json").read_text())["metrics"]["fmnist_fd"] == pytest.approx(fd2, rel=1e-9)
+    assert json.loads((tmp_path / "r3.json").read_text())["metrics"]["fmnist_fd"] == pytest.approx(fd2, rel=1e-6)  # plain.npz holds only.npz (other batch size)
 
 
 def test_cli_reads_a_sample_folder_settings_json(tmp_path, one_thread):
