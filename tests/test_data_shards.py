@@ -39,7 +39,8 @@ def keys(ds, **loader) -> list[str]:
 
 def test_writer_layout_matches_img2dataset(tmp_path, shards):
     names = sorted(p.name for p in shards.iterdir())
-    assert names[:4] == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet"] and len(names) == 24
+    assert names[:4] == ["00000.parquet", "00000.tar", "00000_stats.json", "00001.parquet"] and len(names) == 25
+    assert names[-1] == "versadiff_shards.json"
     with tarfile.open(shards / "00001.tar") as tar:
         members = tar.getnames()
         meta = json.loads(tar.extractfile("000010000.json").read())
@@ -53,7 +54,7 @@ def test_writer_layout_matches_img2dataset(tmp_path, shards):
 
     table = pq.read_table(shards / "00001.parquet").to_pydict()
     assert table["key"] == ["000010000", "000010001", "000010002"] and table["caption"][0] == "caption number 3"
-    with pytest.raises(FileExistsError, match="already holds .tar shards"):
+    with pytest.raises(FileExistsError, match="already holds 8 .tar shards written by `versadiff shards`"):
         write_shards(shards.parent / "src", shards, samples_per_shard=3)
 
 
@@ -161,7 +162,7 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path, shards, caplog):
         items = list(ds)
     assert [it["caption"] for it in items] == ["fine", "caption number 0"]
     st = ds.stats
-    assert st == {"samples": 2, "corrupt": 4, "read_errors": 1, "missing": 2, "no_caption": 1,
+    assert st == {"samples": 2, "corrupt": 4, "read_errors": 1, "missing": 2, "no_caption": 1, "no_label": 0,
                   "caption_length": 0, "too_small": 0, "aspect": 0}
     assert "00000.tar: skipped 4 samples" in caplog.text and "read error in shard" in caplog.text
 
@@ -177,7 +178,7 @@ def test_filters(tmp_path):
     ds = ShardDataset(tmp_path / "out", resolution=8, min_caption_len=5, min_size=8, min_area=100, aspect=(0.6, 1.667))
     assert [it["caption"] for it in ds] == ["a fine caption"]
     assert ds.stats | {"samples": 0} == {"samples": 0, "corrupt": 0, "read_errors": 0, "missing": 0, "no_caption": 0,
-                                         "caption_length": 1, "too_small": 1, "aspect": 1}
+                                         "no_label": 0, "caption_length": 1, "too_small": 1, "aspect": 1}
     no_caps = build_dataset({"name": "webdataset", "shards": str(tmp_path / "out/{00000..00000}.tar"), "resolution": 8,
                              "captions": False, "aspect": [0.5, 2.0]})
     assert sorted(len(it) for it in no_caps) == [5, 5, 5] and "caption" not in next(iter(no_caps))

@@ -1,7 +1,8 @@
 """Datasets and transforms. Items are dicts {"image": [C,H,W] in [-1,1], "label"?: int, "caption"?: str,
 "tags"?: FloatTensor[K]}; every dataset has num_classes, class_names, channels and resolution, and
 set_epoch(epoch). Streaming shards (ShardDataset) are iterable; cached latents (LatentDataset) hold
-latents in "image"."""
+latents in "image". Bad files never stop training: image readers replace and count them (`stats`, see
+skips.py), shards skip and count them; a dataset that cannot give one batch raises DataExhaustedError."""
 
 from .attributes import conditional_accuracy, predict_class, read_attributes
 from .captions import caption_folder_dataset, coco_captions_dataset, cub_captions_dataset
@@ -23,8 +24,9 @@ from .imagelist import ImageListDataset
 from .latents import LatentDataset, cache_latents
 from .registry import DATASETS, build_dataset, dataset_keys
 from .shapes import COLORS, SHAPES, SIZES, POSITIONS, ShapesDataset, shape_class_names
-from .shard_writer import shards_main, write_shards
-from .shards import ShardDataset, merge_shard_states
+from .shard_writer import ShardFolderError, add_shards_arguments, run_shards, shards_main, write_shards
+from .shards import ShardDataset, merge_shard_states, read_manifest
+from .skips import CorruptImageError, DataExhaustedError, check_epoch, load_image
 from .transforms import ImageTransform, build_transform, item_seed
 
 __all__ = [
@@ -68,6 +70,14 @@ __all__ = [
     "merge_shard_states",
     "write_shards",
     "shards_main",
+    "add_shards_arguments",
+    "run_shards",
+    "ShardFolderError",
+    "read_manifest",
+    "DataExhaustedError",
+    "CorruptImageError",
+    "check_epoch",
+    "load_image",
     "cache_latents",
     "LatentDataset",
 ]

@@ -2,7 +2,8 @@
 
 The dataset-specific readers (CelebA, class-index folders, captioned pairs) only parse their
 metadata into lists and hand them to `ImageListDataset`, which owns loading, seeded transforms and
-the per-epoch caption choice.
+the per-epoch caption choice. A file that cannot be decoded (or is too small for the crop) never stops
+training: its item is replaced by a seeded replacement and counted in `dataset.stats` (see skips.py).
 """
 
 from __future__ import annotations
@@ -15,18 +16,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import build_transform, check_index, item_seed
+from .skips import SkipUnreadable
+from .transforms import build_transform, item_seed
 
 __all__ = ["ImageListDataset"]
 
 
-class ImageListDataset(Dataset):
+class ImageListDataset(SkipUnreadable, Dataset):
     """Items {"image": [C,H,W] in [-1,1], "label"?: int, "caption"?: str, "tags"?: FloatTensor[K]}.
 
     files: image paths. labels: one int per file (or None). captions: one non-empty list of strings
     per file (or None); with several, one is chosen per epoch from the item's seed, so a resumed run
     sees the same caption. tags: float array [N, K] (or None). precrop: (top, left, height, width)
     cut from every image before the transform (CelebA's 148x148 face crop).
+    Unreadable files: replaced by a seeded replacement item, counted in `stats`, listed in `bad_files`;
+    when no file tried at construction is usable, `DataExhaustedError` (see versadiff.data.skips).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class ImageListDataset(Dataset):
         self.precrop = precrop
         self.seed = int(seed)
         self.epoch = 0
+        self._init_skips()
 
     def __len__(self) -> int:
         return len(self.files)
@@ -72,18 +77,13 @@ class ImageListDataset(Dataset):
         """Select the augmentations and captions of `epoch` (deterministic given the seed)."""
         self.epoch = int(epoch)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        index = check_index(index, len(self))
+    def _load(self, index: int) -> dict[str, Any]:
         seed = item_seed(self.seed, self.epoch, index, len(self))
         path = self.files[index]
         with Image.open(path) as img:
             img.load()
-            if self.precrop is not None:
-                top, left, h, w = self.precrop
-                if img.size[0] < left + w or img.size[1] < top + h:
-                    raise ValueError(f"{str(path)!r} is {img.size[0]}x{img.size[1]}, too small for the crop {self.precrop}")
-                img = img.crop((left, top, left + w, top + h))
-            item: dict[str, Any] = {"image": self.transform(img, seed if self.transform.is_random else None)}
+            image = self._transform_stage(lambda: self._image(img, path, seed))
+        item: dict[str, Any] = {"image": image}
         if self.labels is not None:
             item["label"] = self.labels[index]
         if self.captions is not None:
@@ -94,3 +94,11 @@ class ImageListDataset(Dataset):
         if self.tags is not None:
             item["tags"] = self.tags[index].clone()
         return item
+
+    def _image(self, img: Image.Image, path: Path, seed: int) -> torch.Tensor:
+        if self.precrop is not None:
+            top, left, h, w = self.precrop
+            if img.size[0] < left + w or img.size[1] < top + h:
+                raise ValueError(f"{str(path)!r} is {img.size[0]}x{img.size[1]}, too small for the crop {self.precrop}")
+            img = img.crop((left, top, left + w, top + h))
+        return self.transform(img, seed if self.transform.is_random else None)

@@ -2,6 +2,7 @@
 
     build_dataset({"name": "shapes", "size": 20000, "seed": 0, "num_shapes": 1})
     build_dataset({"name": "fashion_mnist", "root": None, "split": "train", "resolution": 32})
+    build_dataset(cfg.data, needs_text=False)   # a trainer: captions only when the model reads text
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _webdataset(
     resolution: int,
     transform: dict[str, Any] | None = None,
     channels: int = 3,
-    captions: bool = True,
+    captions: bool | str = "auto",
     shuffle_buffer: int = 1000,
     shuffle_shards: bool = True,
     seed: int = 0,
@@ -140,11 +141,13 @@ def _webdataset(
     min_size: int = 0,
     min_area: int = 0,
     aspect: list[float] | None = None,
+    labels: str = "auto",
+    num_classes: int | None = None,
 ) -> Dataset:
     return ShardDataset(
         shards, resolution, transform, channels, captions, shuffle_buffer, shuffle_shards, seed,
         min_caption_len=min_caption_len, max_caption_len=max_caption_len, min_size=min_size, min_area=min_area,
-        aspect=None if aspect is None else tuple(aspect),
+        aspect=None if aspect is None else tuple(aspect), labels=labels, num_classes=num_classes,
     )
 
 
@@ -181,8 +184,21 @@ def dataset_keys(name: str) -> tuple[list[str], list[str]]:
     return required, optional
 
 
-def build_dataset(cfg: dict[str, Any]) -> Dataset:
-    """The dataset described by `cfg` ({"name": ..., **keys}); bad names or keys raise ValueError."""
+def _caption_choice(name: str, cfg: dict[str, Any], needs_text: bool) -> None:
+    """Fill in the `captions` key the config left open ("auto" or unset) from whether the model needs text."""
+    if name == "webdataset" and cfg.get("captions", "auto") == "auto":
+        cfg["captions"] = "required" if needs_text else "ignored"
+    elif name == "image_folder" and "captions" not in cfg and needs_text:
+        cfg["captions"] = True
+
+
+def build_dataset(cfg: dict[str, Any], needs_text: bool | None = None) -> Dataset:
+    """The dataset described by `cfg` ({"name": ..., **keys}); bad names or keys raise ValueError.
+
+    needs_text: whether the consumer reads captions. Given, a `captions` key the config leaves open is set
+    from it: webdataset "auto" becomes "required" / "ignored" (so shards without captions are never
+    skipped for lacking one when no text is needed); image_folder reads its .txt captions when text is
+    needed. None leaves the readers' own defaults."""
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise ValueError(f"a dataset config is a dict with a 'name' key; valid names are {sorted(DATASETS)}")
     cfg = dict(cfg)
@@ -194,4 +210,6 @@ def build_dataset(cfg: dict[str, Any]) -> Dataset:
     missing = [k for k in required if k not in cfg]
     if missing:
         raise ValueError(f"dataset {name!r} needs the keys {missing}; valid keys are {sorted(required + optional)}")
+    if needs_text is not None:
+        _caption_choice(name, cfg, bool(needs_text))
     return DATASETS[name](**cfg)
