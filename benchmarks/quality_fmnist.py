@@ -167,7 +167,7 @@ def make_generator(name: str, run: Path) -> Callable[[Setting], torch.Tensor]:
         unet = peer.load_unet(run)
         return lambda s: peer.generate(unet, list(range(s.n)), labels(s), s.sampler, s.steps, s.guidance,
                                        batch_size=250)
-    from versadiff.pipelines import load_model
+    from versadiff.models import load_model
 
     model = load_model(run)
     return lambda s: model.generate(list(range(s.n)), sampler=s.sampler, steps=s.steps, guidance=s.guidance,
@@ -177,7 +177,7 @@ def make_generator(name: str, run: Path) -> Callable[[Setting], torch.Tensor]:
 def count_parameters(name: str, run: Path) -> int:
     if name == "peer":
         return _peer_module().count_parameters(_peer_module().load_unet(run))
-    from versadiff.pipelines import load_model
+    from versadiff.models import load_model
 
     return sum(p.numel() for p in load_model(run).net.parameters())
 

@@ -30,9 +30,10 @@ from torch import Tensor
 
 from versadiff.config import load_config
 from versadiff.eval.evaluate import DatasetSource, EvalOptions, GeneratorSource, ImageSource, evaluate
-from versadiff.latent import load_autoencoder
+from versadiff.autoencoders import load_autoencoder
 from versadiff.nets import build_net, count_parameters
-from versadiff.pipelines import LoadedModel, load_model
+from versadiff.models import load_model
+from versadiff.tasks import task_class
 
 METRICS = ["shapes_acc", "shapes_fd"]
 
@@ -147,7 +148,8 @@ def main() -> None:
 
     g_cfg = load_config("shapes_unet_tiny")
     torch.manual_seed(0)
-    gauss = LoadedModel.from_net(build_net(g_cfg.model).eval(), g_cfg, {"num_classes": 18, "image_shape": [3, 32, 32]})
+    gauss = task_class(g_cfg.task).pipeline(build_net(g_cfg.model).eval(), g_cfg,
+                                            {"num_classes": 18, "image_shape": [3, 32, 32]})
     vq_params, g_params = count_parameters(model.config.model), count_parameters(g_cfg.model)
     print(f"\nimg/s, batch {args.speed_n}, median of {args.speed_reps} interleaved repeats, CFG w=1 for both "
           f"(a doubled batch for both), {cpu}, {threads} thread(s):\n")

@@ -49,7 +49,7 @@ def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
     assert main(["sample", str(run), "--n", "3", "--steps", "2", "--guidance", "2.0", "--seed", "5",
                  "--out", str(out3), "--quiet"]) == 0
     assert json.loads((out3 / "settings.json").read_text())["guidance"] == 2.0
-    from versadiff.pipelines import load_model
+    from versadiff.models import load_model
 
     model = load_model(run)  # after 2 training steps the effect is below PNG resolution: compare floats
     plain, guided = (model.generate([6], class_labels=[1], steps=2, guidance=w) for w in (0.0, 2.0))
@@ -64,7 +64,7 @@ def test_resume_from_cli_continues_the_run(run, tmp_path):
     assert [json.loads(x)["step"] for x in (run / "stats.jsonl").read_text().splitlines()] == [1, 2, 3]
     out = tmp_path / "e.safetensors"
     assert main(["export", str(run / "checkpoints" / "step-00000002"), "--out", str(out)]) == 0
-    from versadiff.pipelines import load_model
+    from versadiff.models import load_model
 
     assert load_model(out).step == 2 and load_model(run).step == 3
 

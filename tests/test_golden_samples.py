@@ -34,7 +34,7 @@ def golden() -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
 
 @pytest.mark.parametrize("case", ["demo", "demo_unguided_ddim", "vq", "latent"])
 def test_samples_are_bit_identical(case, golden, tmp_path, one_thread):
-    from versadiff.pipelines import load_model
+    from versadiff.models import load_model
 
     samples, cases, meta = golden
     weights = {"demo": DEMO, "demo_unguided_ddim": DEMO,

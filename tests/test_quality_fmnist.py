@@ -68,7 +68,7 @@ def test_peer_bad_input(random_unet):
 
 
 def test_peer_quantisation_matches_our_png_writer():
-    from versadiff.pipelines import to_pil
+    from versadiff.images import to_pil
 
     x = torch.linspace(-1.2, 1.2, 2 * 28 * 28).reshape(2, 1, 28, 28)
     ours = np.stack([np.asarray(im) for im in to_pil(x)])

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from versadiff.config import load_config
-from versadiff.pipelines import load_model
+from versadiff.models import load_model
 from versadiff.train import checkpoint as ck
 from versadiff.train.trainer import Trainer
 

@@ -8,11 +8,13 @@ import torch
 
 from versadiff.cli import main
 from versadiff.config import ConfigError, load_config
-from versadiff.latent import load_autoencoder
-from versadiff.pipelines import load_model
+from versadiff.autoencoders import load_autoencoder
+from versadiff.models import load_model
+from versadiff.pipelines import Pipeline
+from versadiff.sampling import DiscreteSampling
+from versadiff.tasks import check_config
 from versadiff.train import checkpoint as ck
 from versadiff.train.trainer import Trainer
-from versadiff.vq_pipeline import LoadedVQModel
 
 
 RUN = ["data.size=32", "train.batch_size=8", "train.log_every=1", "train.sample_every=0", "train.warmup_steps=1",
@@ -50,7 +52,8 @@ def test_vq_autoencoder_run_logs_codebook_and_exports(vq_runs):
 def test_vq_diffusion_generate_is_per_seed_and_honours_options(vq_runs):
     _, vq = vq_runs
     model = load_model(vq)
-    assert isinstance(model, LoadedVQModel) and model.num_classes == 18 and model.token_grid == (8, 8)
+    assert isinstance(model, Pipeline) and isinstance(model.sampling, DiscreteSampling)
+    assert model.num_classes == 18 and model.sample_shape() == (8, 8)
     both = model.generate([3, 4], class_labels=[1, 2], steps=5, guidance=1.0, truncation=0.9)
     alone = model.generate([4], class_labels=[2], steps=5, guidance=1.0, truncation=0.9)
     # same tokens; the decoder convolutions may round differently per batch size
@@ -103,7 +106,7 @@ def test_latent_gaussian_diffusion_on_a_tiny_kl_autoencoder(tmp_path):
     cfg = load_config("shapes_latent_unet", RUN + tiny_unet + [f"autoencoder.path={kl}", "train.max_steps=2"])
     run = Trainer(cfg, out=tmp_path / "latent", quiet=True).run()
     model = load_model(run)
-    assert model.latent is not None and model.sample_shape == (4, 8, 8)
+    assert model.flows["class-to-image"].codec.module is not None and model.sample_shape() == (4, 8, 8)
     images = model.generate([0, 1], class_labels=[0, 5])
     assert images.shape == (2, 3, 32, 32) and images.abs().max() <= 1.0
     bad = load_config("shapes_latent_unet", RUN + tiny_unet + [f"autoencoder.path={kl}", "model.in_channels=3"])
@@ -114,7 +117,7 @@ def test_latent_gaussian_diffusion_on_a_tiny_kl_autoencoder(tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "shapes_vqdiffusion"], "train one first: versadiff train shapes_vqae"),
     (["train", "shapes_vqae", "--set", "ae_loss.disc_weight=0.5"], "'ae_loss.disc_weight' (the trainer runs no"),
-    (["train", "shapes_vqae", "--set", "task=nope", "--dry-run"], "'task' must be one of gaussian, autoencoder"),
+    (["train", "shapes_vqae", "--set", "task=nope", "--dry-run"], "'task' must be one of autoencoder, gaussian, vq_diffusion"),
     (["train", "shapes_unet_tiny", "--set", "discrete.num_steps=10", "--dry-run"], "'discrete' applies to task vq"),
     (["train", "shapes_vqdiffusion", "--set", "diffusion.prediction=v", "--dry-run"], "section 'diffusion' applies"),
     (["train", "shapes_vqdiffusion", "--set", "sample.truncation=1.5", "--dry-run"], "(0, 1]"),
@@ -133,4 +136,4 @@ def test_vq_path_must_hold_a_vq_autoencoder(tmp_path):
     with pytest.raises(ValueError, match="holds a KL autoencoder"):
         Trainer(load_config("shapes_vqdiffusion", VQD + [f"autoencoder.path={kl}"]), out=tmp_path / "v", quiet=True)
     with pytest.raises(ConfigError, match="remove the 'autoencoder' section"):
-        load_config("shapes_vqae", [f"autoencoder.path={kl}"])
+        check_config(load_config("shapes_vqae", [f"autoencoder.path={kl}"]))

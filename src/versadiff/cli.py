@@ -46,7 +46,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = overrides.pop()  # `train --set a=1 CONFIG`: --set took CONFIG, which is no KEY=VALUE
     if config is None:
         raise CLIError("the following arguments are required: CONFIG (a preset name or YAML path)")
-    cfg = load_config(config, overrides)
+    from versadiff.tasks import check_config
+
+    cfg = check_config(load_config(config, overrides))
     if args.dry_run:
         sys.stdout.write(format_config(cfg))
         return 0
@@ -85,7 +87,8 @@ def _cycle_labels(model: Any, n: int, cls: str | None) -> list[int] | None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from versadiff.pipelines import load_model, save_grid, to_pil
+    from versadiff.images import save_grid, to_pil
+    from versadiff.models import load_model
 
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
@@ -137,7 +140,8 @@ def demo_asset_path() -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from versadiff.pipelines import load_model, save_grid
+    from versadiff.images import save_grid
+    from versadiff.models import load_model
 
     out = Path(args.out)
     if args.train:
@@ -186,14 +190,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_presets(args: argparse.Namespace) -> int:
     from versadiff.config import list_presets, load_config
-    from versadiff.train.tasks import count_task_parameters
+    from versadiff.tasks import task_class
 
     rows = []
     for name in list_presets():
         cfg = load_config(name)
         model = cfg.model.get("preset") or cfg.model.get("type") or "?"
         try:
-            params = f"{count_task_parameters(cfg) / 1e6:.1f}M"
+            params = f"{task_class(cfg.task).count_parameters(cfg) / 1e6:.1f}M"
         except ValueError as e:  # a preset whose network does not build is worth showing, not hiding
             params = f"error: {e}"
         rows.append((name, model, str(cfg.data.get("name", "?")), params, cfg.description))
@@ -280,8 +284,13 @@ def cmd_shards(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `versadiff` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["shards"]:  # its own parser: argparse's REMAINDER would not take a leading --help
+            from versadiff.data.shard_writer import shards_main
+
+            return int(shards_main(argv[1:]) or 0)
+        args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as e:
         if os.environ.get("VERSADIFF_DEBUG"):

@@ -63,7 +63,7 @@ class ComponentConfig:
 def _is_tuple(tp: Any) -> bool:
     if tp is None:
         return False
-    if typing.get_origin(tp) is tuple:
+    if tp is tuple or typing.get_origin(tp) is tuple:
         return True
     return any(_is_tuple(a) for a in typing.get_args(tp) if a is not type(None))
 

@@ -1,10 +1,11 @@
 """Conditioning dictionaries and their "null" (unconditional) form.
 
-A condition is a dict of batched tensors passed to a network as keyword arguments:
-  class_labels: LongTensor [B]; the value -1 means "no class" (the null class of classifier-free guidance).
-  context:      FloatTensor [B, L, D] of context tokens (text or image); all zeros means "no context".
-Networks map these null values to their learned null embedding, so the same rule serves
-training-time condition dropout and sampling-time unconditional branches.
+A condition is a dict of keyword arguments for a network: batched tensors (class_labels [B], context
+[B, L, D], ...) and plain values that select streams (e.g. data_stream="image"), which are passed through.
+"No condition" comes from the context encoders (versadiff.encoders): the encoding of an empty prompt, a
+null image, or the null class -1 (which networks map to their learned null row). Condition dropout and the
+unconditional branch of guidance take that null from the caller; only class labels have a universal null
+(-1) and need none.
 """
 
 from __future__ import annotations
@@ -19,26 +20,32 @@ __all__ = ["NULL_CLASS", "drop_condition", "null_condition", "concat_conditions"
 NULL_CLASS = -1
 
 
-def _drop_one(key: str, value: Any, mask: Tensor) -> Any:
-    if not torch.is_tensor(value):
+def _drop_one(key: str, value: Any, mask: Tensor, null: dict[str, Any]) -> Any:
+    if not torch.is_tensor(value) or key == "context_mask":
         return value
     m = mask.to(value.device).reshape(mask.shape + (1,) * (value.ndim - 1))
+    if key in null:
+        return torch.where(m, torch.as_tensor(null[key]).to(value.device, value.dtype), value)
     if key == "class_labels":
         return torch.where(m, torch.full_like(value, NULL_CLASS), value)
-    if key == "context_mask":
-        return value
-    return torch.where(m, torch.zeros_like(value), value)
+    raise ValueError(f"no null value for condition {key!r}: pass the context encoder's null context "
+                     f"(null={{'{key}': encoder.null(batch)}})")
 
 
-def drop_condition(cond: dict[str, Any], mask: Tensor) -> dict[str, Any]:
-    """Replace the condition of the samples where `mask` [B] is True by the null condition."""
-    return {k: _drop_one(k, v, mask) for k, v in cond.items()}
+def drop_condition(cond: dict[str, Any], mask: Tensor, null: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Replace the condition of the samples where `mask` [B] is True by the null condition.
+
+    null: null values per key (batched [B, ...] or broadcastable), e.g. the encoder's null context; class
+    labels default to -1.
+    """
+    null = dict(null or {})
+    return {k: _drop_one(k, v, mask, null) for k, v in cond.items()}
 
 
-def null_condition(cond: dict[str, Any]) -> dict[str, Any]:
+def null_condition(cond: dict[str, Any], null: dict[str, Any] | None = None) -> dict[str, Any]:
     """The all-null condition with the same keys and shapes as `cond`."""
     n = batch_size_of(cond)
-    return drop_condition(cond, torch.ones(n, dtype=torch.bool)) if n else dict(cond)
+    return drop_condition(cond, torch.ones(n, dtype=torch.bool), null) if n else dict(cond)
 
 
 def batch_size_of(cond: dict[str, Any]) -> int:

@@ -1,5 +1,8 @@
 """Run configurations: typed, nested dataclasses read from YAML presets (never executed).
 
+This module checks structure, types and ranges; the task a config names checks its own sections
+(versadiff.tasks.check_config), so that this module depends on no other part of the package.
+
 A run is described by `RunConfig`; `load_config("shapes_unet_tiny", ["train.lr=1.0e-4"])` reads a
 packaged preset (or a YAML path), applies `--set` overrides and validates every key and type.
 Free-form sections (`model`, `data`, `diffusion.schedule`, `sample.options`, `autoencoder`) are passed
@@ -22,7 +25,6 @@ import yaml
 
 __all__ = [
     "ConfigError",
-    "TASKS",
     "DiffusionConfig",
     "TrainConfig",
     "SampleConfig",
@@ -88,6 +90,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
     keep_last: int = 3  # checkpoints kept on disk
     compile: bool = False  # torch.compile the network
+    #: per-parameter learning-rate and gradient multipliers, first match wins: [{match: REGEX over parameter
+    #: names, lr_mult: 1.0, grad_mult: 1.0}, ...] (VD: image data layers grad 0.2, global layers 0.1)
+    param_groups: list = field(default_factory=list)
 
 
 @dataclass
@@ -110,8 +115,8 @@ class RunConfig:
 
     name: str = "run"
     description: str = ""
-    #: what is trained: gaussian (a diffusion model on pixels or latents), autoencoder (a KL / VQ
-    #: autoencoder), vq_diffusion (a VQ transformer on the tokens of a trained VQ autoencoder)
+    #: what is trained (versadiff.tasks): gaussian (a diffusion model on pixels or latents), autoencoder (a
+    #: KL / VQ autoencoder), vq_diffusion (a VQ transformer on the tokens of a trained VQ autoencoder)
     task: str = "gaussian"
     model: dict = field(default_factory=dict)  # passed to versadiff.nets.build_net
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -121,19 +126,25 @@ class RunConfig:
     #: latent models: {"path": <local autoencoder dir>, "scale_factor": ...}; None for pixel models
     autoencoder: dict | None = None
     #: task vq_diffusion: the mask-and-replace process ({schedule, num_steps, aux_weight, adaptive_aux,
-    #: time_sampling, mask_weight}; see versadiff.train.tasks)
+    #: time_sampling, mask_weight}; see versadiff.tasks.diffusion)
     discrete: dict = field(default_factory=dict)
     #: task autoencoder: versadiff.autoencoders.AutoencoderLoss keywords ({rec, reg_weight})
     ae_loss: dict = field(default_factory=dict)
+    #: the flows the network is trained on and samples (versadiff.flows): names or {name, weight, null};
+    #: empty: class-to-image for a class-conditional network, else unconditional
+    flows: list = field(default_factory=list)
+    #: codec per data modality ({image: {type: kl, path: ...}, text: {type: text_vae, path: ...}});
+    #: the `autoencoder` section is the image codec's short form
+    codecs: dict = field(default_factory=dict)
+    #: context encoder per context modality ({text: {type: clip_text, path: ...}, image: {...}})
+    encoders: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serialisable dict (tuples become lists)."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-TASKS: tuple[str, ...] = ("gaussian", "autoencoder", "vq_diffusion")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "task": TASKS,
     "diffusion.prediction": ("eps", "x0", "v", "both"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
 }
@@ -157,7 +168,8 @@ def _type_name(tp: Any) -> str:
         return f"list of {len(typing.get_args(tp))} numbers"
     if dataclasses.is_dataclass(tp):
         return "mapping"
-    return {dict: "mapping", str: "string", int: "integer", float: "number", bool: "true/false"}.get(tp, str(tp))
+    return {dict: "mapping", list: "list", str: "string", int: "integer", float: "number",
+            bool: "true/false"}.get(tp, str(tp))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -206,6 +218,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             _bad_type(value, tp, key)
         return value
+    if tp is list:
+        if not isinstance(value, list):
+            _bad_type(value, tp, key)
+        return value
     raise TypeError(f"unsupported annotation {tp!r} for {key}")  # a bug in this file, not user input
 
 
@@ -248,24 +264,11 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1), got {cfg.train.ema_decay!r}")
     if not 0.0 < cfg.sample.truncation <= 1.0:
         raise ConfigError(f"config key 'sample.truncation' must lie in (0, 1], got {cfg.sample.truncation!r}")
-    _check_task_sections(cfg)
+    _check_shared_sections(cfg)
 
 
-def _check_task_sections(cfg: RunConfig) -> None:
-    """Sections that only one task reads must not be set for another (they would be silently ignored)."""
-    if cfg.discrete and cfg.task != "vq_diffusion":
-        raise ConfigError(f"config key 'discrete' applies to task vq_diffusion, this run has task {cfg.task!r}")
-    if cfg.ae_loss and cfg.task != "autoencoder":
-        raise ConfigError(f"config key 'ae_loss' applies to task autoencoder, this run has task {cfg.task!r}")
-    if cfg.task != "gaussian" and cfg.diffusion != DiffusionConfig():
-        raise ConfigError(f"config section 'diffusion' applies to task gaussian; task {cfg.task!r} does not read it "
-                          "(VQ-Diffusion's process is under 'discrete'): remove it")
-    if cfg.task == "autoencoder" and cfg.autoencoder is not None:
-        raise ConfigError("task autoencoder trains the autoencoder described by 'model': remove the 'autoencoder' section")
-    if cfg.task == "vq_diffusion" and cfg.autoencoder is None:
-        raise ConfigError("task vq_diffusion needs an 'autoencoder' section: set autoencoder.path=... (a VQ autoencoder run)")
-    if cfg.task != "vq_diffusion" and cfg.sample.truncation != 1.0:
-        raise ConfigError(f"config key 'sample.truncation' applies to task vq_diffusion, this run has task {cfg.task!r}")
+def _check_shared_sections(cfg: RunConfig) -> None:
+    """The sections every task shares. A task checks its own sections (versadiff.tasks.check_config)."""
     if cfg.autoencoder is not None:
         unknown = sorted(set(cfg.autoencoder) - {"path", "kind", "scale_factor"})
         if unknown:
@@ -273,6 +276,18 @@ def _check_task_sections(cfg: RunConfig) -> None:
                               "path, kind, scale_factor")
         if cfg.autoencoder.get("kind") not in (None, "kl", "vq"):
             raise ConfigError(f"config key 'autoencoder.kind' must be one of kl, vq, got {cfg.autoencoder['kind']!r}")
+    for section in ("codecs", "encoders"):
+        for modality, spec in getattr(cfg, section).items():
+            if not isinstance(spec, dict) or "type" not in spec:
+                raise ConfigError(f"config key '{section}.{modality}' must be a mapping with a 'type', got {spec!r}")
+    for i, group in enumerate(cfg.train.param_groups):
+        if not isinstance(group, dict) or "match" not in group or set(group) - {"match", "lr_mult", "grad_mult"}:
+            raise ConfigError(f"config key 'train.param_groups[{i}]' must be {{match: REGEX, lr_mult: x, grad_mult: y}}, "
+                              f"got {group!r}")
+        for k in ("lr_mult", "grad_mult"):
+            v = group.get(k, 1.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
+                raise ConfigError(f"config key 'train.param_groups[{i}].{k}' must be a finite number >= 0, got {v!r}")
 
 
 def _get(obj: Any, dotted: str) -> Any:

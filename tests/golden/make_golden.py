@@ -25,7 +25,7 @@ ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from versadiff.cli import main  # noqa: E402
-from versadiff.pipelines import load_model  # noqa: E402
+from versadiff.models import load_model  # noqa: E402
 
 TINY = ["train.log_every=1", "train.sample_every=0", "train.checkpoint_every=0", "train.mixed_precision=no",
         "data.size=64", "train.batch_size=8", "train.num_workers=0", "sample.n=2"]

@@ -10,41 +10,22 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from versadiff.component import ComponentConfig
+
 __all__ = ["AEConfig", "Encoder", "Decoder", "PretrainedMixin", "load_state_strict", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-C = TypeVar("C", bound="AEConfig")
 
 
 @dataclasses.dataclass
-class AEConfig:
-    """Base of the autoencoder configs: JSON-friendly fields, unknown keys rejected."""
-
-    kind: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-        d = dict(d)
-        kind = d.pop("type", cls.kind)
-        if kind != cls.kind:
-            raise ValueError(f"config has type {kind!r} but {cls.__name__} builds {cls.kind!r} autoencoders")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} key(s) {unknown}; valid keys: {', '.join(sorted(names))}")
-        for k, v in d.items():
-            if isinstance(v, list):
-                d[k] = tuple(v)
-        return cls(**d)
+class AEConfig(ComponentConfig):
+    """Base of the autoencoder configs (versadiff.component.ComponentConfig; `type_name` is the autoencoder type)."""
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
@@ -207,9 +188,9 @@ class PretrainedMixin:
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps({"type": self.config.kind, **self.config.to_dict()}, indent=2) + "\n")
+        (directory / CONFIG_FILE).write_text(json.dumps({"type": self.config.type_name, **self.config.to_dict()}, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}  # type: ignore[attr-defined]
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "type": self.config.kind})
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "type": self.config.type_name})
         return directory
 
     @classmethod

@@ -31,7 +31,7 @@ __all__ = ["KLConfig", "DiagonalGaussian", "AutoencoderKL"]
 class KLConfig(AEConfig):
     """kl-f8 defaults: 128 * (1, 2, 4, 4) channels, 2 resnets per level, 4 latent channels, f = 8."""
 
-    kind = "autoencoder_kl"
+    type_name = "autoencoder_kl"
 
     in_channels: int = 3
     out_channels: int = 3

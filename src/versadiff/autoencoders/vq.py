@@ -32,7 +32,7 @@ __all__ = ["VQConfig", "VectorQuantizer", "VQAutoencoder"]
 class VQConfig(AEConfig):
     """VQGAN f16 defaults (vqgan_imagenet_f16_16384 without the codebook size): 128 * (1, 1, 2, 2, 4)."""
 
-    kind = "autoencoder_vq"
+    type_name = "autoencoder_vq"
 
     in_channels: int = 3
     out_channels: int = 3

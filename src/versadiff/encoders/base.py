@@ -37,6 +37,9 @@ class ContextEncoder(nn.Module):
     def encode(self, inputs: Sequence[Any] | Tensor) -> Tensor:
         raise NotImplementedError
 
+    def check(self, inputs: Sequence[Any]) -> None:
+        """Raise a one-line ValueError for inputs this encoder cannot take (called before any sampling)."""
+
     def null(self, batch: int, mode: str | None = None) -> Tensor:
         """The unconditional context for `batch` samples; `mode` picks among an encoder's null styles
         (e.g. CLIP image: "zeros" or "black"), None its default."""

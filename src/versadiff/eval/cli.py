@@ -117,7 +117,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     domain, fmnist_input = args.domain, args.fmnist_input
     refs: list[Any] = []
     if args.checkpoint is not None:
-        from versadiff.pipelines import load_model
+        from versadiff.models import load_model
 
         if args.n is None:
             raise ValueError("--n is required with a CHECKPOINT (number of samples to generate)")

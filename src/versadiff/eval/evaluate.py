@@ -98,7 +98,7 @@ class ImageSource:
 
 @dataclass
 class GeneratorSource(ImageSource):
-    """Samples of a loaded model (versadiff.pipelines.LoadedModel, or anything with the same `generate`)."""
+    """Samples of a loaded model (a versadiff.pipelines.Pipeline, or anything with the same `generate`)."""
 
     model: Any
     n: int
@@ -193,12 +193,15 @@ class FolderSource(ImageSource):
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
         from PIL import Image
 
+        from versadiff.data import load_image
+
         arrs = []
         for i in indices:
-            with Image.open(self.files[i]) as im:
-                if im.mode not in ("L", "RGB"):
-                    im = im.convert("RGB")
-                arrs.append(np.asarray(im))
+            # a corrupt file is a one-line error naming it: skipping it would score a different sample set
+            im = load_image(self.files[i])
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            arrs.append(np.asarray(im))
         shapes = {a.shape for a in arrs}
         if len(shapes) != 1:
             raise ValueError(f"images under {self.root} differ in size/channels {sorted(shapes)}; make them uniform")

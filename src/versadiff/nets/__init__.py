@@ -6,6 +6,7 @@ takes token indices x [B, L] instead and returns logits over its codes.
 
 from versadiff.nets.layers import timestep_embedding
 from versadiff.nets.registry import (
+    NETS,
     PRESETS,
     build_net,
     config_from,
@@ -19,6 +20,7 @@ from versadiff.nets.uvit import UViT, UViTConfig
 from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig, vq_transformer
 
 __all__ = [
+    "NETS",
     "PRESETS",
     "UNet",
     "UNetConfig",

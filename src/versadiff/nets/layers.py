@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from versadiff.component import ComponentConfig
 
 __all__ = [
     "timestep_embedding",
@@ -25,9 +27,6 @@ __all__ = [
     "check_input",
     "class_indices",
 ]
-
-C = TypeVar("C", bound="NetConfig")
-
 
 def timestep_embedding(
     t: Tensor, dim: int, *, max_period: float = 10000.0, cos_first: bool = False, freq_shift: float = 1.0
@@ -92,37 +91,12 @@ class MultiHeadAttention(nn.Module):
 
 
 @dataclasses.dataclass
-class NetConfig:
-    """Base of the network configs: plain fields, JSON-friendly (tuples become lists)."""
+class NetConfig(ComponentConfig):
+    """Base of the network configs (versadiff.component.ComponentConfig; `type_name` is the network type)."""
 
-    net_type: ClassVar[str] = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Fields as a JSON-friendly dict (without the "type" tag; the registry adds it)."""
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = list(v) if isinstance(v, tuple) else v
-        return out
-
-    @classmethod
-    def from_dict(cls: type[C], d: dict[str, Any]) -> C:
-        """Build from a dict; unknown keys raise. A "type" key must name this config's network."""
-        d = dict(d)
-        kind = d.pop("type", cls.net_type)
-        if kind != cls.net_type:
-            raise ValueError(f"config has type {kind!r} but {cls.__name__} builds {cls.net_type!r} networks")
-        names = {f.name for f in dataclasses.fields(cls)}
-        for key in d:
-            if key not in names:
-                raise ValueError(
-                    f"unknown {cls.__name__} key {key!r}; valid keys: {', '.join(sorted(names))}"
-                )
-        return cls(**d)
-
-    def replace(self: C, **overrides: Any) -> C:
-        """A copy with some fields changed (unknown names raise like from_dict)."""
-        return type(self).from_dict({**self.to_dict(), **overrides})
+    @property
+    def net_type(self) -> str:
+        return self.type_name
 
 
 class CheckpointMixin:

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from versadiff.component import Registry
 from versadiff.nets.layers import NetConfig
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
@@ -23,7 +24,7 @@ from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransform
 
 __all__ = [
     "PRESETS",
-    "CONFIG_TYPES",
+    "NETS",
     "build_net",
     "config_from",
     "config_to_dict",
@@ -32,9 +33,10 @@ __all__ = [
     "count_parameters",
 ]
 
-CONFIG_TYPES: dict[str, type[NetConfig]] = {"unet": UNetConfig, "uvit": UViTConfig, "vq_transformer": VQTransformerConfig}
-NETS: dict[type[NetConfig], Callable[[Any], nn.Module]] = {UNetConfig: UNet, UViTConfig: UViT,
-                                                           VQTransformerConfig: VQTransformer}
+#: every network type, by its config's type_name (plug-ins register more)
+NETS: Registry[nn.Module] = Registry("network")
+for _net in (UNet, UViT, VQTransformer):
+    NETS.register(_net)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -109,7 +111,7 @@ PRESETS.update(VQ_PRESETS)
 
 def config_to_dict(config: NetConfig) -> dict[str, Any]:
     """The config as a dict with its "type" tag, the form `build_net` and config.json use."""
-    return {"type": config.net_type, **config.to_dict()}
+    return config.to_spec()
 
 
 def config_from(spec: str | dict[str, Any] | NetConfig, **overrides: Any) -> NetConfig:
@@ -127,18 +129,16 @@ def config_from(spec: str | dict[str, Any] | NetConfig, **overrides: Any) -> Net
                 raise ValueError("network dict has both 'preset' and 'type'; give one of them")
             return config_from(d.pop("preset"), **d)
         kind = d.get("type")
-        if kind not in CONFIG_TYPES:
-            raise ValueError(
-                f"network dict needs 'type' in {sorted(CONFIG_TYPES)} or a 'preset' name, got type={kind!r}"
-            )
-        return CONFIG_TYPES[kind].from_dict(d)
+        if kind not in NETS:
+            raise ValueError(f"network dict needs 'type' in {NETS.names()} or a 'preset' name, got type={kind!r}")
+        return NETS.config_of(d)
     raise ValueError(f"cannot build a network from {type(spec).__name__}; pass a preset name, dict or config")
 
 
 def build_net(name_or_config: str | dict[str, Any] | NetConfig, **overrides: Any) -> nn.Module:
     """Build a network from a preset name, a dict or a config object (fields overridable by keyword)."""
     config = config_from(name_or_config, **overrides)
-    return NETS[type(config)](config)
+    return NETS.build(config)
 
 
 def count_parameters(config: str | dict[str, Any] | NetConfig) -> int:
@@ -157,7 +157,7 @@ def save_pretrained(net: nn.Module, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "type": config.net_type})
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "type": config.type_name})
     return directory
 
 
@@ -177,7 +177,7 @@ def load_pretrained(
         raise ValueError(f"{str(directory / CONFIG_FILE)!r} is not valid JSON ({err})") from None
     config = config_from(spec)
     with torch.device("meta"):
-        net = NETS[type(config)](config)
+        net = NETS.build(config)
     state = load_file(str(directory / WEIGHTS_FILE))
     expected = {k: v.shape for k, v in net.state_dict().items()}
     missing = sorted(set(expected) - set(state))

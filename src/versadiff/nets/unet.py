@@ -48,7 +48,7 @@ __all__ = ["UNetConfig", "UNet"]
 class UNetConfig(NetConfig):
     """Hyper-parameters of `UNet` (all JSON-friendly)."""
 
-    net_type = "unet"
+    type_name = "unet"
 
     image_size: int = 32
     in_channels: int = 3
@@ -210,6 +210,8 @@ class Upsample(nn.Module):
 class UNet(CheckpointMixin, nn.Module):
     """ADM/VDPM UNet: forward(x, t, class_labels=None, context=None) -> [B, out_channels, H, W]."""
 
+
+    config_class = UNetConfig
     def __init__(self, config: UNetConfig) -> None:
         super().__init__()
         self.config = cfg = config

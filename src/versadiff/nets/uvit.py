@@ -39,7 +39,7 @@ __all__ = ["UViTConfig", "UViT"]
 class UViTConfig(NetConfig):
     """Hyper-parameters of `UViT` (names follow the paper's code where one exists)."""
 
-    net_type = "uvit"
+    type_name = "uvit"
 
     image_size: int = 32
     in_channels: int = 3
@@ -126,6 +126,8 @@ class Block(nn.Module):
 class UViT(CheckpointMixin, nn.Module):
     """U-ViT: forward(x, t, class_labels=None, context=None) -> [B, out_channels, H, W]."""
 
+
+    config_class = UViTConfig
     def __init__(self, config: UViTConfig) -> None:
         super().__init__()
         self.config = cfg = config

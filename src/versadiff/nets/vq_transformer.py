@@ -28,7 +28,7 @@ __all__ = ["VQTransformerConfig", "VQTransformer", "VQ_PRESETS", "vq_transformer
 class VQTransformerConfig(NetConfig):
     """Sizes of a VQ transformer. context_dim set = cross-attention; num_classes set = class-conditional."""
 
-    net_type = "vq_transformer"
+    type_name = "vq_transformer"
 
     num_embed: int = 2887  # K codes (without [MASK])
     height: int = 32  # token grid
@@ -121,6 +121,8 @@ class Block(nn.Module):
 class VQTransformer(CheckpointMixin, nn.Module):
     """Token + row/column embeddings, `depth` blocks, LN + Linear head to K code logits."""
 
+
+    config_class = VQTransformerConfig
     def __init__(self, cfg: VQTransformerConfig) -> None:
         super().__init__()
         self.config = cfg

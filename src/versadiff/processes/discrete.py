@@ -26,6 +26,8 @@ from torch import Tensor
 from versadiff.conditioning import batch_size_of, drop_condition
 
 __all__ = [
+    "DISCRETE_KEYS",
+    "build_discrete_process",
     "LOG_ZERO",
     "SCHEDULE_PRESETS",
     "MaskReplaceSchedule",
@@ -323,11 +325,13 @@ class DiscreteProcess:
         generator: torch.Generator | None = None,
         t: Tensor | None = None,
         update_stats: bool = True,
+        null: dict[str, Any] | None = None,
     ) -> Tensor:
         """Per-sample loss [B] per token: (L_t + w(t) lambda L_aux) / p(t) / L (reference 3.1-3.3).
 
         x0: code indices [B, L] in 0..K-1. net(x_t, t_float, **cond) -> logits [B, K, L].
         Random draws (t, x_t's Gumbel uniforms, condition dropout) come from `generator` (CPU), in that order.
+        null: the null condition that dropout substitutes (e.g. the encoder's null context; class labels: -1).
         """
         if x0.ndim != 2:
             raise ValueError(f"x0 must be code indices of shape [B, L], got {tuple(x0.shape)}")
@@ -345,7 +349,7 @@ class DiscreteProcess:
         if cond and batch_size_of(cond) not in (0, b):
             raise ValueError(f"condition batch size {batch_size_of(cond)} does not match x0's batch size {b}")
         if self.p_uncond > 0 and batch_size_of(cond):
-            cond = drop_condition(cond, (torch.rand(b, generator=generator) < self.p_uncond).to(dev))
+            cond = drop_condition(cond, (torch.rand(b, generator=generator) < self.p_uncond).to(dev), null)
         t = t.to(dev)
         x_t = self.q_sample(x0, t, u)
         log_x0_hat = self.log_x0_from_logits(net(x_t, t.float(), **cond))
@@ -370,3 +374,29 @@ class DiscreteProcess:
             w = (2.0 - t.to(aux.dtype) / self.num_steps) if self.adaptive_aux else torch.ones_like(aux)
             loss = loss + w * self.aux_weight * aux / pt
         return loss / length
+
+
+#: keys of a run config's `discrete` section and their defaults
+DISCRETE_KEYS: dict[str, Any] = {
+    "schedule": "released",  # MaskReplaceSchedule preset: released | paper
+    "num_steps": 100,  # T
+    "aux_weight": 1.0e-3,  # lambda of the auxiliary x0 loss (ImageNet / FFHQ configs)
+    "adaptive_aux": True,
+    "time_sampling": "importance",
+    "mask_weight": [1.0, 1.0],
+    "p_uncond": 0.0,  # condition dropout for classifier-free guidance (0.1 in the class-conditional presets)
+}
+
+
+def build_discrete_process(discrete: dict[str, Any], num_codes: int) -> DiscreteProcess:
+    """The DiscreteProcess of a `discrete` config section over `num_codes` codebook entries."""
+    unknown = sorted(set(discrete) - set(DISCRETE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown config key 'discrete.{unknown[0]}'; valid keys under 'discrete': {', '.join(DISCRETE_KEYS)}")
+    d = {**DISCRETE_KEYS, **discrete}
+    if not isinstance(d["num_steps"], int) or isinstance(d["num_steps"], bool):
+        raise ValueError(f"config key 'discrete.num_steps' expects an integer, got {d['num_steps']!r}")
+    schedule = MaskReplaceSchedule.preset(d["schedule"], num_codes, d["num_steps"])
+    return DiscreteProcess(schedule, aux_weight=float(d["aux_weight"]), adaptive_aux=bool(d["adaptive_aux"]),
+                           time_sampling=d["time_sampling"], mask_weight=tuple(d["mask_weight"]),
+                           p_uncond=float(d["p_uncond"]))

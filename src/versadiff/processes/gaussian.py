@@ -274,8 +274,12 @@ class GaussianProcess:
         generator: torch.Generator | None = None,
         t: Tensor | None = None,
         noise: Tensor | None = None,
+        null: dict[str, Any] | None = None,
     ) -> Tensor:
-        """Per-sample loss [B]. Random draws (t, noise, condition dropout) come from `generator`, in that order."""
+        """Per-sample loss [B]. Random draws (t, noise, condition dropout) come from `generator`, in that order.
+
+        null: the null condition that dropout substitutes (e.g. the encoder's null context; class labels: -1).
+        """
         b = x0.shape[0]
         gdev = generator.device if generator is not None else x0.device
         if t is None:
@@ -291,7 +295,7 @@ class GaussianProcess:
         if self.p_uncond > 0 and batch_size_of(cond):
             # drop BEFORE the forward pass, so the null condition is what the network learns from
             mask = torch.rand(b, generator=generator, device=gdev) < self.p_uncond
-            cond = drop_condition(cond, mask.to(x0.device))
+            cond = drop_condition(cond, mask.to(x0.device), null)
 
         s = None
         if self.loss == "kl":

@@ -19,7 +19,7 @@ from torch import Tensor
 from versadiff.conditioning import batch_size_of, concat_conditions, null_condition
 from versadiff.processes.discrete import DiscreteProcess, gumbel_sample
 
-__all__ = ["VQ_METHODS", "VQDenoiser", "truncate", "guide", "sample_vq", "vq_timesteps"]
+__all__ = ["VQ_METHODS", "VQDenoiser", "truncate", "guide", "sample_vq", "vq_timesteps", "stride_for"]
 
 VQ_METHODS = ("standard", "fast", "fast_exact", "purity")
 _CLAMP_MIN = -70.0
@@ -60,6 +60,7 @@ class VQDenoiser:
         cond: dict[str, Any] | None = None,
         guidance_scale: float = 1.0,
         truncation: float = 1.0,
+        uncond: dict[str, Any] | None = None,
     ) -> None:
         if not 0.0 < truncation <= 1.0:
             raise ValueError(f"truncation rate must lie in (0, 1], got {truncation}")
@@ -67,6 +68,7 @@ class VQDenoiser:
         self.guidance_scale, self.truncation = float(guidance_scale), float(truncation)
         if abs(self.guidance_scale - 1.0) >= 1e-3 and not batch_size_of(self.cond):
             raise ValueError("guidance_scale != 1 needs a condition (class_labels or context) to guide with")
+        self.uncond = dict(uncond) if uncond is not None else (null_condition(self.cond) if self.cond else {})
 
     def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
         b = x_t.shape[0]
@@ -76,7 +78,7 @@ class VQDenoiser:
         if abs(self.guidance_scale - 1.0) < 1e-3:
             log_p = self.process.log_x0_from_logits(self.net(x_t, t_net, **self.cond))
         else:
-            both = concat_conditions([self.cond, null_condition(self.cond)])
+            both = concat_conditions([self.cond, self.uncond])
             logits = self.net(torch.cat([x_t, x_t]), torch.cat([t_net, t_net]), **both)
             lc, lu = self.process.log_x0_from_logits(logits).chunk(2)
             log_p = guide(lc, lu, self.guidance_scale)
@@ -189,3 +191,17 @@ def sample_vq(
         # only reachable when a model puts mass on [MASK] after the last step, which the posterior forbids
         raise RuntimeError("sampling ended with [MASK] tokens left; this is a bug, please report it")
     return x
+
+
+def stride_for(method: str, steps: int, num_steps: int) -> int:
+    """The stride v giving about `steps` network calls; the every-step methods accept only steps = T."""
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if method in ("standard", "purity"):
+        if steps != num_steps:
+            raise ValueError(f"sampler {method!r} takes all {num_steps} steps; use sampler fast or fast_exact for "
+                             f"--steps {steps}")
+        return 1
+    if steps > num_steps:
+        raise ValueError(f"steps {steps} exceeds the process's {num_steps} steps")
+    return max(1, num_steps // int(steps))

@@ -11,16 +11,14 @@ partial `step-*` directory; stale temporaries are removed on the next write.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor
+
+from versadiff.weights import is_checkpoint, latest_checkpoint, list_checkpoints, load_tensors, save_tensors
 
 __all__ = [
     "write_atomic_dir",
@@ -35,7 +33,6 @@ __all__ = [
     "is_checkpoint",
 ]
 
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 
 
@@ -66,27 +63,6 @@ def write_atomic_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
     return final
 
 
-def is_checkpoint(path: str | Path) -> bool:
-    """A finished checkpoint directory (written by this module)."""
-    path = Path(path)
-    return path.is_dir() and (path / "state.json").is_file() and (path / "ema.safetensors").is_file()
-
-
-def list_checkpoints(folder: str | Path) -> list[Path]:
-    """Finished checkpoints in `folder`, oldest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and is_checkpoint(p)]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The newest finished checkpoint in `folder`, or None."""
-    found = list_checkpoints(folder)
-    return found[-1] if found else None
-
-
 def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints; returns the deleted paths."""
     if keep_last < 1:
@@ -95,16 +71,6 @@ def prune_checkpoints(folder: str | Path, keep_last: int) -> list[Path]:
     for p in doomed:
         shutil.rmtree(p)
     return doomed
-
-
-def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """safetensors file; metadata values are stored as JSON strings."""
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
-
-
-def load_tensors(path: str | Path) -> dict[str, Tensor]:
-    return load_file(str(path))
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

@@ -23,13 +23,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from versadiff.config import RunConfig, save_config
-from versadiff.pipelines import CONFIG_KEY, INFO_KEY, save_grid
+from versadiff.images import save_grid
 from versadiff.train import checkpoint as ck
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger
 from versadiff.train.rundir import RUN_SUBDIRS, new_run_dir
+from versadiff.weights import CONFIG_KEY, INFO_KEY
 
-__all__ = ["Trainer", "train", "export_weights", "resolve_resume"]
+__all__ = ["Trainer", "train", "export_weights", "resolve_resume", "param_groups"]
 
 
 def _seed_for(*parts: int) -> int:
@@ -50,17 +51,16 @@ def _warmup_lambda(warmup_steps: int):
     return f
 
 
+def _needs_text(cfg: RunConfig) -> bool:
+    """Whether any flow of the run reads captions (so that readers require them, and only then)."""
+    from versadiff.flows import flow_entries
+
+    return any("text" in (f.data, f.context) for f, _ in flow_entries(cfg.flows))
+
+
 def _check_data(cfg: RunConfig) -> None:
     if cfg.data.get("name") == "image_folder" and not cfg.data.get("root"):
         raise ValueError("this preset reads a folder of images: set data.root=... (a folder of class sub-folders)")
-
-
-def _check_autoencoder(cfg: RunConfig) -> None:
-    if cfg.autoencoder is None or cfg.autoencoder.get("path"):
-        return
-    first = "versadiff train shapes_vqae" if cfg.task == "vq_diffusion" else "versadiff train shapes_klae"
-    raise ValueError(f"this preset trains on a trained autoencoder: set autoencoder.path=... (a local autoencoder "
-                     f"run folder; train one first: {first})")
 
 
 def resolve_resume(resume: str | bool | None, run_dir: Path | None) -> Path | None:
@@ -99,9 +99,9 @@ class Trainer:
         from accelerate.state import AcceleratorState
 
         from versadiff.data import build_dataset
-        from versadiff.train.tasks import build_task
+        from versadiff.tasks import build_task, check_config, task_class
 
-        _check_autoencoder(cfg)
+        task_class(check_config(cfg).task).check_run(cfg)
         _check_data(cfg)
         self.cfg, tc = cfg, cfg.train
         if not torch.cuda.is_available() and tc.mixed_precision == "fp16":
@@ -120,29 +120,23 @@ class Trainer:
 
         # Everything that can reject the config is built before a run folder is created.
         self._seed_globals(_seed_for(tc.seed, self.rank))
-        self.dataset = build_dataset(cfg.data)
-        self.num_classes = int(getattr(self.dataset, "num_classes", 0) or 0)
-        self.class_names = list(getattr(self.dataset, "class_names", None) or [])
+        self.dataset = build_dataset(cfg.data, needs_text=_needs_text(cfg))
         # Streamed datasets (webdataset shards) have no length and no random access: each rank reads its own
         # shards, starts its next epoch on its own when they run out, and resumes at a shard boundary.
         self.streaming = isinstance(self.dataset, IterableDataset)
-        if self.streaming:
-            self.image_shape = (int(self.dataset.channels), int(self.dataset.resolution), int(self.dataset.resolution))
-        else:
-            self.image_shape = tuple(int(s) for s in self.dataset[0]["image"].shape)
         if not self.streaming and len(self.dataset) < tc.batch_size * self.world:
             raise ValueError(f"the dataset has {len(self.dataset)} items, fewer than one batch "
                              f"({tc.batch_size} x {self.world} processes); lower train.batch_size")
 
         torch.manual_seed(_seed_for(tc.seed, 0, 1))  # same initial weights on every process
-        # the task (versadiff.train.tasks) builds the network and owns the losses, sample grids and task state
-        self.task = build_task(cfg, self.dataset, self.image_shape, acc.device, _seed_for(tc.seed, self.rank, 6))
+        # the task (versadiff.tasks) builds the network and owns the losses, sample grids and task state
+        self.task = build_task(cfg, self.dataset, acc.device, _seed_for(tc.seed, self.rank, 6))
         net = self.task.net
-        self._check_net(net)
         if tc.gradient_checkpointing:
             net.set_gradient_checkpointing(True)
         self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()  # sampling copy, fp32
-        optimizer = torch.optim.AdamW(net.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
+        groups, self.grad_mults = param_groups(net, tc.param_groups, tc.lr)
+        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
         # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_lambda(tc.warmup_steps))
@@ -189,20 +183,6 @@ class Trainer:
 
         return broadcast_object_list([value])[0]
 
-    def _check_net(self, net: torch.nn.Module) -> None:
-        net_cfg = getattr(net, "config", None)
-        if getattr(net_cfg, "context_dim", None):
-            raise ValueError("text/image-context training needs a context encoder, which the trainer does not wire "
-                             "yet; set model.context_dim=null for an unconditional model")
-        if getattr(net_cfg, "num_tags", 0):
-            raise ValueError("multi-hot tag conditioning needs a dataset with tags, which no reader provides yet; "
-                             "set model.num_tags=0")
-        net_classes = int(getattr(net_cfg, "num_classes", 0) or 0)
-        if net_classes and net_classes != self.num_classes:
-            raise ValueError(f"model.num_classes is {net_classes} but the dataset has {self.num_classes} classes; "
-                             f"set model.num_classes={self.num_classes}")
-        self.conditional = net_classes > 0
-
     @staticmethod
     def _seed_globals(seed: int) -> None:
         random.seed(seed)
@@ -210,11 +190,13 @@ class Trainer:
         torch.manual_seed(seed)
 
     @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.task.image_shape
+
+    @property
     def info(self) -> dict[str, Any]:
         """Model facts stored next to the config in every weight file."""
-        return {"num_classes": self.num_classes if self.conditional else 0, "class_names": self.class_names,
-                "image_shape": list(self.image_shape), "step": self.step, "format": "versadiff-weights-1",
-                "task": self.cfg.task, **self.task.info()}
+        return {**self.task.info(), "step": self.step, "format": "versadiff-weights-1", "task": self.cfg.task}
 
     def _metadata(self) -> dict[str, str]:
         return {CONFIG_KEY: json.dumps(self.cfg.to_dict()), INFO_KEY: json.dumps(self.info)}
@@ -240,6 +222,7 @@ class Trainer:
         """This process's batches of a streamed dataset for `epoch` (it splits shards across ranks itself)."""
         tc = self.cfg.train
         self.dataset.set_epoch(epoch)
+        self.dataset.check_workers(tc.num_workers)
         workers_gen = torch.Generator().manual_seed(_seed_for(tc.seed, epoch, self.rank, 5))
         return DataLoader(self.dataset, batch_size=tc.batch_size, num_workers=tc.num_workers, drop_last=True,
                           pin_memory=self.accelerator.device.type != "cpu", generator=workers_gen)
@@ -247,22 +230,21 @@ class Trainer:
     def _batches(self) -> Iterator[dict[str, Any]]:
         """Endless stream of batches; self.epoch / self.position always say what was consumed."""
         if self.streaming:
+            from versadiff.data import check_epoch
+
             while True:
+                n = 0
                 for batch in self._stream_loader(self.epoch):
                     self.dataset.track(batch)  # shard-boundary resume state
-                    self.position += 1
+                    self.position, n = self.position + 1, n + 1
                     yield batch
+                check_epoch(self.dataset, n, self.cfg.train.batch_size)  # a pass with no batch would loop forever
                 self.epoch, self.position = self.epoch + 1, 0
         while True:
             for batch in self._loader(self.epoch, self.position):
                 self.position += 1
                 yield batch
             self.epoch, self.position = self.epoch + 1, 0
-
-    def _cond(self, batch: dict[str, Any]) -> dict[str, Any]:
-        if not self.conditional:
-            return {}
-        return {"class_labels": batch["label"].to(self.accelerator.device, torch.long)}
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -313,14 +295,17 @@ class Trainer:
         total = 0.0
         for micro in range(tc.grad_accum):
             batch = next(batches)
-            x0 = batch["image"].to(acc.device, torch.float32)
             last = micro == tc.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else acc.no_sync(self.model)
             with sync, acc.autocast():
-                losses = self.task.losses(self.model, x0, self._cond(batch), self.noise_gen)
+                losses = self.task.losses(self.model, batch, self.noise_gen)
                 loss = losses.float().mean() / tc.grad_accum
             acc.backward(loss)
             total += loss.detach()
+        for params, mult in self.grad_mults:  # per-group gradient multipliers (VD), before clipping
+            for p in params:
+                if p.grad is not None:
+                    p.grad.mul_(mult)
         max_norm = tc.grad_clip if tc.grad_clip else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
@@ -338,8 +323,8 @@ class Trainer:
         return tqdm(total=stop, initial=self.step, desc=self.cfg.name, unit="it", dynamic_ncols=True)
 
     def _data_stats(self) -> dict[str, int]:
-        """Samples a streamed dataset skipped (corrupt, filtered), so bad data is visible in the log."""
-        stats = getattr(self.dataset, "stats", None) if self.streaming else None
+        """Samples the dataset skipped or replaced (corrupt, filtered), so bad data is visible in the log."""
+        stats = getattr(self.dataset, "stats", None)
         return {"data_skipped": sum(v for k, v in stats.items() if k != "samples")} if stats else {}
 
     def _log(self, stats: dict[str, Any]) -> None:
@@ -360,8 +345,10 @@ class Trainer:
         self.ema.copy_to(self.ema_net)
         # Sampling must not disturb the training RNG streams (runs with other sample_every stay identical).
         with torch.random.fork_rng(devices=[]):
-            images, nrow = self.task.sample_grid(self.ema_net, self.info, str(self.run_dir),
-                                                 self.num_classes if self.conditional else 0)
+            grid = self.task.sample_grid(self.ema_net, self.info, str(self.run_dir))
+        if grid is None:
+            return None
+        images, nrow = grid
         return save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
 
     def save_checkpoint(self) -> Path | None:
@@ -465,19 +452,41 @@ def _python_from(s: list) -> tuple:
 
 def export_weights(source: str | Path, out: str | Path) -> Path:
     """Write an EMA-only inference file from a checkpoint directory or run folder (on demand)."""
-    from versadiff.pipelines import resolve_weights
+    from versadiff.weights import read_raw_metadata, resolve_weights
 
     weights = resolve_weights(source)
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = read_raw_metadata(weights)
     if CONFIG_KEY not in meta:
         raise ValueError(f"{weights} is not a versadiff checkpoint (no '{CONFIG_KEY}' in its metadata)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ck.save_tensors(out, ck.load_tensors(weights), meta)
     return out
+
+
+def param_groups(net: torch.nn.Module, spec: list[dict[str, Any]], lr: float) -> tuple[list[dict[str, Any]], list]:
+    """Optimizer parameter groups from `train.param_groups` (first matching regex wins), and the
+    (parameters, gradient multiplier) pairs to apply after backward. With no spec: one group, no multipliers."""
+    import re
+
+    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    if not spec:
+        return [{"params": [p for _, p in params]}], []
+    rules = [(re.compile(g["match"]), float(g.get("lr_mult", 1.0)), float(g.get("grad_mult", 1.0))) for g in spec]
+    buckets: dict[int, list] = {}
+    for name, p in params:
+        i = next((k for k, (rx, _, _) in enumerate(rules) if rx.search(name)), len(rules))
+        buckets.setdefault(i, []).append(p)
+    for k, (rx, _, _) in enumerate(rules):
+        if k not in buckets:
+            raise ValueError(f"train.param_groups[{k}].match {rx.pattern!r} matches no parameter of the network")
+    groups, mults = [], []
+    for i in sorted(buckets):
+        lr_mult, grad_mult = (rules[i][1], rules[i][2]) if i < len(rules) else (1.0, 1.0)
+        groups.append({"params": buckets[i], "lr": lr * lr_mult})
+        if grad_mult != 1.0:
+            mults.append((buckets[i], grad_mult))
+    return groups, mults
 
 
 def train(cfg: RunConfig, *, out: str | Path | None = None, runs_root: str | Path = "runs",

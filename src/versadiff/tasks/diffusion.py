@@ -1,0 +1,260 @@
+"""Diffusion tasks: a network trained on the flows of a run, Gaussian or discrete.
+
+Each micro-batch serves every configured flow: the flow's codec encodes its data (images, captions, ...),
+its context encoder encodes its condition and gives the null condition for dropout, and the per-sample
+losses are summed with the flows' weights (VD trains its four flows so, one network). A class-conditional
+pixel model is the one-flow case.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from versadiff.config import ConfigError, DiffusionConfig, RunConfig
+from versadiff.flows import BoundFlow, bind_flows
+from versadiff.pipelines import Pipeline
+from versadiff.tasks.base import TASKS, Task, grid_rows
+
+__all__ = ["DiffusionTask", "GaussianTask", "VQDiffusionTask"]
+
+
+def _data_shapes(info: dict[str, Any], flows: list[BoundFlow]) -> dict[str, tuple[int, ...]]:
+    shapes = {k: tuple(v) for k, v in (info.get("data_shapes") or {}).items()}
+    if "image_shape" in info:
+        shapes.setdefault("image", tuple(info["image_shape"]))
+    for f in flows:
+        shapes.setdefault(f.flow.data, ())
+    return shapes
+
+
+class DiffusionTask(Task):
+    """Shared by the diffusion tasks: flows, conditions, the losses loop and the pipeline."""
+
+    #: the image codec type of a legacy `autoencoder` section
+    default_codec: ClassVar[str] = "latent"
+
+    @classmethod
+    def build_network(cls, cfg: RunConfig) -> nn.Module:
+        from versadiff.nets import build_net
+
+        return build_net(cfg.model)
+
+    @classmethod
+    def sampling(cls, cfg: RunConfig, flows: list[BoundFlow]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def pipeline(cls, net: nn.Module, cfg: RunConfig, info: dict[str, Any], source: str = "",
+                 device: str | torch.device = "cpu", flows: list[BoundFlow] | None = None) -> Pipeline:
+        flows = bind_flows(cfg, info, device, cls.default_codec) if flows is None else flows
+        return Pipeline(net.eval(), cls.sampling(cfg, flows), {f.name: f for f in flows}, cfg,
+                        _data_shapes(info, flows), dict(info), source)
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, device: torch.device, seed: int) -> None:
+        super().__init__(cfg, dataset, device, seed)
+        self.net = self.build_network(cfg)  # first: its initial weights come from the caller's seeded global RNG
+        self._check_net()
+        self.flows = bind_flows(cfg, self.model_facts(), device, self.default_codec)
+        self._flow_sums: dict[str, float] = {}
+        self._flow_n = 0
+
+    # -- facts ---------------------------------------------------------------------------------------
+
+    def model_facts(self) -> dict[str, Any]:
+        """Facts of the trained model: the data's classes count only when the network takes class labels."""
+        net_classes = int(getattr(self.net.config, "num_classes", 0) or 0)
+        return {**self.facts, "num_classes": self.facts["num_classes"] if net_classes else 0}
+
+    def _check_net(self) -> None:
+        c = self.net.config
+        if getattr(c, "num_tags", 0):
+            raise ValueError("multi-hot tag conditioning needs a dataset with tags, which no reader provides yet; "
+                             "set model.num_tags=0")
+        net_classes = int(getattr(c, "num_classes", 0) or 0)
+        if net_classes and net_classes != self.facts["num_classes"]:
+            raise ValueError(f"model.num_classes is {net_classes} but the dataset has {self.facts['num_classes']} "
+                             f"classes; set model.num_classes={self.facts['num_classes']}")
+        context_flows = [f for f, _ in _entries(self.cfg) if f.context not in (None, "class")]
+        if getattr(c, "context_dim", None) and not context_flows:
+            raise ValueError("model.context_dim is set but no flow gives the network a text or image context: set "
+                             "flows=[text-to-image] and encoders.text=... (a context encoder), or model.context_dim=null")
+
+    def info(self) -> dict[str, Any]:
+        facts = self.model_facts()
+        return {**super().info(), "num_classes": facts["num_classes"], "flows": [f.name for f in self.flows]}
+
+    # -- training --------------------------------------------------------------------------------------
+
+    def flow_losses(self, model: nn.Module, flow: BoundFlow, x: Tensor, cond: dict[str, Any],
+                    null: dict[str, Any], generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def flow_data(self, flow: BoundFlow, batch: dict[str, Any]) -> Tensor:
+        """The flow's data from the batch, through its codec."""
+        data = batch[flow.data_key]
+        if torch.is_tensor(data):
+            data = data.to(self.device, torch.float32)
+        return flow.codec.encode(data)
+
+    def losses(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> Tensor:
+        total = None
+        for flow in self.flows:
+            x = self.flow_data(flow, batch)
+            inputs = None if flow.context_key is None else batch[flow.context_key]
+            ctx, null = flow.contexts(inputs, x.shape[0], self.device)
+            cond, null_cond = flow.condition(self.net, ctx), flow.condition(self.net, null)
+            losses = self.flow_losses(model, flow, x, cond, null_cond, generator)
+            if len(self.flows) > 1:
+                self._flow_sums[flow.name] = self._flow_sums.get(flow.name, 0.0) + float(losses.detach().float().sum())
+                losses = flow.weight * losses
+            total = losses if total is None else total + losses
+        self._flow_n += int(total.shape[0])
+        return total
+
+    def log_stats(self) -> dict[str, float]:
+        stats = {f"loss_{k}": v / max(self._flow_n, 1) for k, v in self._flow_sums.items()}
+        self._flow_sums, self._flow_n = {}, 0
+        return stats
+
+    def loaded(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> Any:
+        return self.pipeline(ema_net, self.cfg, info, source, self.device, flows=self.flows)
+
+    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> tuple[Tensor, int] | None:
+        s = self.cfg.sample
+        flow = next((f for f in self.flows if f.flow.data == "image"), None)
+        if flow is None:
+            return None
+        model = self.loaded(ema_net, info, source)
+        k = int(info.get("num_classes", 0)) if flow.flow.context == "class" else 0
+        context = None
+        if k:
+            context = [i % k for i in range(s.n)]
+        elif flow.context_key is not None:  # the contexts of the first dataset items
+            context = [self.dataset[i % len(self.dataset)][flow.context_key] for i in range(s.n)]
+        images = model.generate(range(s.seed, s.seed + s.n), flow=flow.name, context=context, batch_size=s.n,
+                                device=self.device)
+        return images, grid_rows(s.n, k)
+
+
+def _entries(cfg: RunConfig) -> list:
+    from versadiff.flows import flow_entries
+
+    return flow_entries(cfg.flows) if cfg.flows else []
+
+
+@TASKS.register(name="gaussian")
+class GaussianTask(DiffusionTask):
+    """Gaussian diffusion (versadiff.processes.gaussian) on pixels, or on the latents of a trained autoencoder."""
+
+    name = "gaussian"
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
+            raise ValueError("this preset trains on a trained autoencoder: set autoencoder.path=... (a local "
+                             "autoencoder run folder; train one first: versadiff train shapes_klae)")
+
+    @classmethod
+    def sampling(cls, cfg: RunConfig, flows: list[BoundFlow]) -> Any:
+        from versadiff.sampling import GaussianSampling
+
+        return GaussianSampling(cfg)
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, device: torch.device, seed: int) -> None:
+        super().__init__(cfg, dataset, device, seed)
+        from versadiff.processes.gaussian import GaussianProcess
+        from versadiff.processes.schedules import build_schedule
+
+        d = cfg.diffusion
+        self.process = GaussianProcess(build_schedule(d.schedule), prediction=d.prediction, loss=d.loss,
+                                       weighting=d.weighting, train_steps=d.train_steps, variance=d.variance,
+                                       intp_frac=d.intp_frac, p_uncond=d.p_uncond)
+        for flow in self.flows:
+            if flow.flow.data == "image" and flow.codec.module is not None:
+                self._check_latent_net(tuple(flow.codec.latent_shape(self.image_shape)))
+
+    def _check_latent_net(self, shape: tuple[int, ...]) -> None:
+        c = self.net.config
+        have = (getattr(c, "in_channels", None), getattr(c, "image_size", None))
+        if None in have:
+            return  # multi-stream networks check their own streams
+        if have != (shape[0], shape[1]):
+            raise ValueError(f"the autoencoder gives latents {shape[0]}x{shape[1]}x{shape[2]} but the network takes "
+                             f"{have[0]} channels at {have[1]}px; set model.in_channels={shape[0]} "
+                             f"model.image_size={shape[1]}")
+
+    def flow_losses(self, model: nn.Module, flow: BoundFlow, x: Tensor, cond: dict[str, Any],
+                    null: dict[str, Any], generator: torch.Generator) -> Tensor:
+        return self.process.training_losses(model, x, cond, generator=generator, null=null)
+
+
+@TASKS.register(name="vq_diffusion")
+class VQDiffusionTask(DiffusionTask):
+    """VQ-Diffusion: the mask-and-replace process over the code tokens of a trained (frozen) VQ autoencoder.
+
+    The process draws t, the Gumbel uniforms and the condition dropout from the task's own CPU generator; it and
+    the importance-sampling statistics are task state, so a resumed run continues exactly.
+    """
+
+    name = "vq_diffusion"
+    default_codec = "vq_tokens"
+
+    @classmethod
+    def check_config(cls, cfg: RunConfig) -> None:
+        if cfg.ae_loss:
+            raise ConfigError(f"config key 'ae_loss' applies to task autoencoder, this run has task {cls.name!r}")
+        if cfg.diffusion != DiffusionConfig():
+            raise ConfigError("config section 'diffusion' applies to task gaussian; task 'vq_diffusion' does not read "
+                              "it (VQ-Diffusion's process is under 'discrete'): remove it")
+        if cfg.autoencoder is None and "image" not in cfg.codecs:
+            raise ConfigError("task vq_diffusion needs an 'autoencoder' section: set autoencoder.path=... "
+                              "(a VQ autoencoder run)")
+
+    @classmethod
+    def check_run(cls, cfg: RunConfig) -> None:
+        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
+            raise ValueError("VQ-Diffusion trains on the tokens of a VQ autoencoder: set autoencoder.path=... "
+                             "(train one first: versadiff train shapes_vqae)")
+
+    @classmethod
+    def sampling(cls, cfg: RunConfig, flows: list[BoundFlow]) -> Any:
+        from versadiff.sampling import DiscreteSampling
+
+        return DiscreteSampling(cfg, flows[0].codec.num_codes)
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, device: torch.device, seed: int) -> None:
+        super().__init__(cfg, dataset, device, seed)
+        codec = self.flows[0].codec
+        grid = codec.latent_shape(self.image_shape)
+        self.process = self.sampling(cfg, self.flows).process
+        c = self.net.config
+        want = {"num_embed": codec.num_codes, "height": grid[0], "width": grid[1], "num_steps": self.process.num_steps}
+        for key, value in want.items():
+            if getattr(c, key, None) != value:
+                raise ValueError(f"model.{key} is {getattr(c, key, None)} but the autoencoder / process need {value}; "
+                                 f"set model.{key}={value}")
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def flow_data(self, flow: BoundFlow, batch: dict[str, Any]) -> Tensor:
+        return super().flow_data(flow, batch).flatten(1)
+
+    def flow_losses(self, model: nn.Module, flow: BoundFlow, x: Tensor, cond: dict[str, Any],
+                    null: dict[str, Any], generator: torch.Generator) -> Tensor:
+        return self.process.training_losses(model, x, cond, generator=self.generator, null=null)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"process": self.process.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state) != {"process", "generator"}:
+            raise ValueError("the checkpoint holds no VQ-Diffusion task state; resume with the config the run was "
+                             "started with")
+        self.process.load_state_dict(state["process"])
+        self.generator.set_state(state["generator"])
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "token_grid": [self.net.config.height, self.net.config.width]}
