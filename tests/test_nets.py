@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from versadiff.nets import (
+    MULTIFLOW_PRESETS,
     PRESETS,
     VQ_PRESETS,
     UNetConfig,
@@ -86,8 +87,9 @@ def test_parameter_count_matches_published(name):
     assert count_parameters(name) / 1e6 == pytest.approx(PUBLISHED_M[name], rel=0.01)
 
 
-# VQ transformer presets take tokens, not images: tests/test_vq_transformer.py covers them
-@pytest.mark.parametrize("name", sorted(n for n in PRESETS if n not in VQ_PRESETS))
+# VQ transformer presets take tokens, not images (tests/test_vq_transformer.py); the multi-flow diffusers take
+# streams (tests/test_multiflow.py)
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if n not in VQ_PRESETS and n not in MULTIFLOW_PRESETS))
 def test_every_preset_has_the_right_output_shape_on_meta(name):
     config = config_from(name)
     with torch.device("meta"):

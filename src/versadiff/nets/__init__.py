@@ -1,7 +1,9 @@
-"""Denoising networks: ADM/VDPM UNet and U-ViT, with presets and config.json + safetensors I/O.
+"""Denoising networks: ADM/VDPM UNet, U-ViT, the VQ transformer and VD's multi-flow diffuser, with presets and
+config.json + safetensors I/O.
 
-Every network has forward(x [B,C,H,W], t [B] net_time, class_labels=None, context=None); the VQ transformer
-takes token indices x [B, L] instead and returns logits over its codes.
+Single-stream networks have forward(x [B,C,H,W], t [B] net_time, class_labels=None, context=None); the VQ
+transformer takes token indices x [B, L] and returns logits over its codes; the multi-flow diffuser takes
+forward(x, t, data_stream=..., context_<stream>=...) and says how through flow_condition().
 """
 
 from versadiff.nets.layers import timestep_embedding
@@ -15,11 +17,15 @@ from versadiff.nets.registry import (
     load_pretrained,
     save_pretrained,
 )
+from versadiff.nets.multiflow import MULTIFLOW_PRESETS, MultiFlowConfig, MultiFlowDiffuser
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
 from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig, vq_transformer
 
 __all__ = [
+    "MULTIFLOW_PRESETS",
+    "MultiFlowConfig",
+    "MultiFlowDiffuser",
     "NETS",
     "PRESETS",
     "UNet",

@@ -1,8 +1,8 @@
 """Building blocks shared by the networks: time embeddings, attention, configs, checkpointing.
 
-Conventions every network in this package follows (the trainer and samplers rely on them):
+Conventions the single-stream networks follow (multi-stream ones add flow_condition(), see versadiff.flows):
   forward(x [B,C,H,W], t [B] float net_time, class_labels=None, context=None) -> [B,C_out,H,W]
-  class_labels == -1 is the null class; context all-zero is "no context" (see versadiff.conditioning).
+  class_labels == -1 is the null class (see versadiff.conditioning); null contexts come from the encoders.
 """
 
 from __future__ import annotations

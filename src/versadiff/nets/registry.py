@@ -18,6 +18,7 @@ from torch import nn
 
 from versadiff.component import Registry
 from versadiff.nets.layers import NetConfig
+from versadiff.nets.multiflow import MULTIFLOW_PRESETS, MultiFlowDiffuser
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
 from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig
@@ -35,7 +36,7 @@ __all__ = [
 
 #: every network type, by its config's type_name (plug-ins register more)
 NETS: Registry[nn.Module] = Registry("network")
-for _net in (UNet, UViT, VQTransformer):
+for _net in (UNet, UViT, VQTransformer, MultiFlowDiffuser):
     NETS.register(_net)
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
@@ -107,6 +108,8 @@ PRESETS: dict[str, Callable[..., NetConfig]] = {
 }
 # VQ-Diffusion transformers (token inputs; versadiff.nets.vq_transformer): vq_diffusion_s/b/f/imagenet/ffhq, vq_tiny
 PRESETS.update(VQ_PRESETS)
+# Versatile Diffusion multi-flow diffusers (versadiff.nets.multiflow): vd_four_flow/dc/basic (full size), vd_tiny, vd_shapes
+PRESETS.update(MULTIFLOW_PRESETS)
 
 
 def config_to_dict(config: NetConfig) -> dict[str, Any]:
