@@ -1,11 +1,12 @@
-"""Latent spaces: codecs (identity, KL, VQ latents, VQ tokens) over the KL autoencoder (SD / LDM kl-f8) and the VQ
-autoencoder (VQGAN), with their losses and loaders."""
+"""Latent spaces: codecs (identity, KL, VQ latents, VQ tokens, text VAE) over the KL autoencoder (SD / LDM kl-f8),
+the VQ autoencoder (VQGAN) and the Optimus text VAE, with their losses and loaders."""
 
 from versadiff.autoencoders.base import CODECS, Codec, IdentityCodec
 from versadiff.autoencoders.codecs import KLCodec, VQLatentCodec, VQTokenCodec, build_codec
 from versadiff.autoencoders.kl import AutoencoderKL, DiagonalGaussian, KLConfig
 from versadiff.autoencoders.loading import AUTOENCODERS, build_autoencoder, load_autoencoder
 from versadiff.autoencoders.losses import AutoencoderLoss, PatchDiscriminator
+from versadiff.autoencoders.text_vae import TextVAE, TextVAECodec, TextVAEConfig, frange_cycle_zero_linear, kl_beta
 from versadiff.autoencoders.vq import VectorQuantizer, VQAutoencoder, VQConfig
 
 __all__ = [
@@ -19,6 +20,9 @@ __all__ = [
     "KLCodec",
     "KLConfig",
     "PatchDiscriminator",
+    "TextVAE",
+    "TextVAECodec",
+    "TextVAEConfig",
     "VQAutoencoder",
     "VQConfig",
     "VQLatentCodec",
@@ -26,5 +30,7 @@ __all__ = [
     "VectorQuantizer",
     "build_autoencoder",
     "build_codec",
+    "frange_cycle_zero_linear",
+    "kl_beta",
     "load_autoencoder",
 ]
