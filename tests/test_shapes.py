@@ -109,3 +109,22 @@ def test_bad_arguments():
         ShapesDataset(size=5)[1.0]
     ds = ShapesDataset(size=5)
     assert torch.equal(ds[torch.tensor(2)]["image"], ds[np.int64(2)]["image"])
+
+
+def test_parse_caption_reads_back_what_the_dataset_wrote():
+    from versadiff.data.shapes import parse_caption
+
+    ds = ShapesDataset(size=400, seed=3, num_shapes="1-2")
+    for i in range(400):
+        d = ds.describe(i)
+        got = parse_caption(d["caption"])
+        truth = d["shapes"]
+        parsed = got["shapes"] if "shapes" in got else [got]
+        assert len(parsed) == len(truth)
+        order = {sp["color"]: sp for sp in truth}  # two-shape captions may name the right shape first
+        for sp in parsed:
+            t = order[sp["color"]]
+            assert sp["shape"] == t["shape"] and sp.get("size", t["size"]) == t["size"]
+            assert sp.get("position", t["position"]) == t["position"]
+    assert parse_caption("a red blob") is None and parse_caption("a red circle on the moon") is None
+    assert parse_caption("  A Red  Circle ") == {"color": "red", "shape": "circle"}

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     from versadiff.eval.cli import register_eval_command
 
     register_eval_command(sub)
+    from versadiff.generate import register_generate_command
+
+    register_generate_command(sub)
     return p
 
 

@@ -144,6 +144,11 @@ def bind_flows(cfg: Any, facts: dict[str, Any], device: torch.device | str = "cp
     from versadiff.encoders.base import build_encoder
     from versadiff.encoders.class_labels import ClassLabelConfig, ClassLabelEncoder
 
+    from versadiff.assets import resolve_path
+
+    def local(spec: dict[str, Any] | None) -> dict[str, Any] | None:  # `asset:` paths name shipped files
+        return spec if not spec or not spec.get("path") else {**spec, "path": str(resolve_path(spec["path"]))}
+
     entries = flow_entries(cfg.flows) if cfg.flows else [
         (FLOWS.get("class-to-image" if int(facts.get("num_classes", 0)) else "unconditional"), 1.0)]
     codecs: dict[str, Codec] = {}
@@ -156,11 +161,11 @@ def bind_flows(cfg: Any, facts: dict[str, Any], device: torch.device | str = "cp
                 if spec is not None:
                     raise ValueError("give the image codec once: codecs.image or the autoencoder section, not both")
                 spec = codec_spec_from_autoencoder(cfg.autoencoder, default_codec)
-            codecs[flow.data] = build_codec(spec, device)
+            codecs[flow.data] = build_codec(local(spec), device)
         ctx = flow.context
         if ctx is not None and ctx not in encoders:
             if ctx in cfg.encoders:
-                encoders[ctx] = build_encoder(cfg.encoders[ctx]).to(device)
+                encoders[ctx] = build_encoder(local(cfg.encoders[ctx])).to(device)
             elif ctx == "class":
                 encoders[ctx] = ClassLabelEncoder(ClassLabelConfig(int(facts.get("num_classes", 0)),
                                                                    list(facts.get("class_names") or [])))

@@ -167,6 +167,25 @@ class Pipeline:
         return torch.cat(out) if out else torch.empty(0, *self.data_shapes.get(bound.flow.data, ()))
 
 
+    # -- one method per VD task (each a flow of the model) -----------------------------------------
+
+    def text_to_image(self, prompt: Any, seeds: Sequence[int] = (0,), **kw: Any) -> Tensor:
+        """Images from a prompt (one for all seeds, or one per seed)."""
+        return self.generate(seeds, flow="text-to-image", context=prompt, **kw)
+
+    def image_variation(self, image: Any, seeds: Sequence[int] = (0,), **kw: Any) -> Tensor:
+        """Variations of an image (PIL, or a tensor [3, H, W] / [N, 3, H, W] in [-1, 1])."""
+        return self.generate(seeds, flow="image-variation", context=image, **kw)
+
+    def image_to_text(self, image: Any, seeds: Sequence[int] = (0,), **kw: Any) -> list[str]:
+        """Captions of an image."""
+        return self.generate(seeds, flow="image-to-text", context=image, **kw)
+
+    def text_variation(self, text: Any, seeds: Sequence[int] = (0,), **kw: Any) -> list[str]:
+        """Variations of a caption."""
+        return self.generate(seeds, flow="text-variation", context=text, **kw)
+
+
 def _per_seed(context: Any, n: int, noun: str = "contexts") -> list[Any] | None:
     """One context input per seed: None stays None; a list/tuple/batched tensor must have n items; anything
     else (a class, a prompt, one image) is repeated."""

@@ -49,10 +49,13 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """The weight file to load for an export file, a run folder or a checkpoint directory."""
-    p = Path(path)
+    """The weight file to load for an export file, a run folder, a checkpoint directory or a shipped model."""
+    from versadiff.assets import SHIPPED_MODELS, resolve_path
+
+    p = resolve_path(path)
     if not p.exists():
-        raise FileNotFoundError(f"{p} does not exist; give an exported .safetensors file, a run folder or a checkpoint directory")
+        raise FileNotFoundError(f"{p} does not exist; give an exported .safetensors file, a run folder, a checkpoint "
+                                f"directory or a shipped model ({', '.join(SHIPPED_MODELS)})")
     if p.is_file():
         if p.suffix != ".safetensors":
             raise ValueError(f"{p} is not a .safetensors file; give an exported model.safetensors, a run folder or a checkpoint directory")
@@ -87,9 +90,17 @@ def read_metadata(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def save_tensors(path: str | Path, tensors: dict[str, Tensor], metadata: dict[str, Any] | None = None) -> None:
-    """A safetensors file; metadata values are stored as JSON strings."""
+    """A safetensors file; metadata values are stored as JSON strings. Tensors that share memory (tied weights,
+    e.g. GPT-2's head and embedding) are stored once each, as safetensors requires."""
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=meta)
+    out, seen = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().contiguous().cpu()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        out[k] = v.clone() if ptr in seen else v
+        if ptr is not None:
+            seen.add(ptr)
+    save_file(out, str(path), metadata=meta)
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Tensor]:

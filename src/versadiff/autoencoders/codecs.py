@@ -142,7 +142,15 @@ def build_codec(spec: dict[str, Any] | None, device: str | torch.device = "cpu")
     kind = spec.get("type", "")
     cls = None if kind == "latent" else CODECS.get(kind)
     if cls is not None and not (isinstance(cls, type) and issubclass(cls, AutoencoderCodec)):
-        return cls(spec)
+        # any other codec builds from its own config; a scale_factor scales its latents (z * scale)
+        spec = dict(spec)
+        scale = spec.pop("scale_factor", None)
+        codec = CODECS.build(spec) if getattr(cls, "config_class", None) is not None else cls(spec)
+        if scale is not None:
+            if not float(scale) > 0:
+                raise ValueError(f"codecs.{codec.modality}.scale_factor must be > 0, got {scale}")
+            codec.scale = float(scale)
+        return codec.to(device)
     unknown = sorted(set(spec) - _SPEC_KEYS)
     if unknown:
         raise ValueError(f"unknown codec key {unknown[0]!r}; valid keys: path, scale_factor")

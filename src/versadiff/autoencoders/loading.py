@@ -44,9 +44,10 @@ def load_autoencoder(path: str | Path, *, device: str | torch.device = "cpu") ->
     """A trained autoencoder (eval mode, frozen) from an autoencoder run or a save_pretrained folder."""
     from safetensors.torch import load_file
 
+    from versadiff.assets import resolve_path
     from versadiff.weights import read_metadata, resolve_weights
 
-    p = Path(path)
+    p = resolve_path(path)
     if not p.exists():
         raise FileNotFoundError(f"autoencoder {p} does not exist; train one first (e.g. versadiff train shapes_vqae) "
                                 "and set autoencoder.path to its run folder")

@@ -644,8 +644,9 @@ def _top_p_filter(probs: Tensor, top_p: float) -> Tensor:
 
 @CODECS.register
 class TextVAECodec(Codec):
-    """Text <-> the Optimus latent: encode(list[str]) -> mu [B, latent] (not scaled: VD does not scale text
-    latents); decode(z, **options) -> list[str] (options of TextVAE.decode). Frozen, float32, no autocast.
+    """Text <-> the Optimus latent: encode(list[str]) -> mu * scale [B, latent] (scale 1: VD does not scale text
+    latents; a codec spec's scale_factor sets it); decode(z, **options) -> list[str] (options of
+    TextVAE.decode). Frozen, float32, no autocast.
 
     Built from a TextVAEConfig (a `path` loads a save_pretrained folder), a folder path, or a TextVAE."""
 
@@ -675,11 +676,12 @@ class TextVAECodec(Codec):
     @torch.no_grad()
     def encode(self, data: Sequence[str]) -> Tensor:
         with no_autocast(self._device()):
-            return self.module.encode(data).float()
+            return self.module.encode(list(data)).float() * self.scale
 
     @torch.no_grad()
     def decode(self, latents: Tensor, **options: Any) -> list[str]:
-        return self.module.decode(latents, **options)
+        with no_autocast(self._device()):
+            return self.module.decode(latents.float().to(self._device()) / self.scale, **options)
 
     def latent_shape(self, data_shape: tuple[int, ...] = ()) -> tuple[int, ...]:
         return (self.latent_size,)

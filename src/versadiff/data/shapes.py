@@ -17,6 +17,7 @@ supersampling (pixel value = area coverage x colour).
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ __all__ = [
     "shape_class_names",
     "coverage",
     "position_name",
+    "parse_caption",
 ]
 
 COLORS = ["red", "green", "blue", "yellow", "magenta", "cyan"]
@@ -261,6 +263,52 @@ def _caption(specs: list[ShapeSpec], template: int) -> str:
             c1=COLORS[b.color], s1=SHAPES[b.shape], z1=SIZES[b.size],
         )  # fmt: skip
     return text
+
+
+def _template_regex(fmt: str) -> "re.Pattern[str]":
+    alternatives = {"color": COLORS, "shape": SHAPES, "size": SIZES, "where": list(POSITION_PHRASES.values()),
+                    "c0": COLORS, "c1": COLORS, "s0": SHAPES, "s1": SHAPES, "z0": SIZES, "z1": SIZES}
+    parts = re.split(r"\{(\w+)\}", fmt)
+    out = []
+    for i, part in enumerate(parts):
+        out.append(re.escape(part) if i % 2 == 0 else f"(?P<{part}>{'|'.join(map(re.escape, alternatives[part]))})")
+    return re.compile("^" + "".join(out) + "$")
+
+
+_ONE_RE = [_template_regex(f) for f in _ONE]
+_TWO_RE = [_template_regex(f) for f in _TWO]
+_PHRASE_POSITION = {v: k for k, v in POSITION_PHRASES.items()}
+
+
+def parse_caption(text: str) -> dict[str, Any] | None:
+    """The attributes a shapes caption states, or None when it is not one the dataset can write.
+
+    One shape: {"color", "shape"} plus "size" and "position" when the caption names them. Two shapes:
+    {"shapes": [left, right]} with colour, shape and (when named) size each. Case and outer spaces are ignored.
+    """
+    t = " ".join(str(text).lower().split())
+    for rx in _ONE_RE:
+        m = rx.match(t)
+        if m:
+            d = m.groupdict()
+            out = {"color": d["color"], "shape": d["shape"]}
+            if d.get("size"):
+                out["size"] = d["size"]
+            if d.get("where"):
+                out["position"] = _PHRASE_POSITION[d["where"]]
+            return out
+    for rx in _TWO_RE:
+        m = rx.match(t)
+        if m:
+            d = m.groupdict()
+            shapes = []
+            for j in "01":
+                sp = {"color": d[f"c{j}"], "shape": d[f"s{j}"]}
+                if d.get(f"z{j}"):
+                    sp["size"] = d[f"z{j}"]
+                shapes.append(sp)
+            return {"shapes": shapes}
+    return None
 
 
 def _draw(items: list[list[ShapeSpec]], resolution: int) -> Tensor:

@@ -66,13 +66,14 @@ class ClipTextEncoderConfig(ComponentConfig):
     path: a transformers save_pretrained folder (CLIPModel or CLIPTextModelWithProjection); None builds the
     architecture below with random weights. tokenizer: a folder with vocab.json + merges.txt or a shipped name;
     None looks in `path`, then `path/tokenizer`, then `path/../tokenizer` (a diffusers pipeline's layout), and
-    is "clip_shapes" without a path. context_length: tokens per prompt (77). vocab_size: None = the tokenizer's.
+    is "clip_shapes" without a path. context_length: tokens per prompt; None = the loaded model's positions
+    (77 for CLIP), 77 for a built one. vocab_size: None = the tokenizer's.
     """
 
     type_name = "clip_text"
     path: str | None = None
     tokenizer: str | None = None
-    context_length: int = 77
+    context_length: int | None = None
     vocab_size: int | None = None
     hidden_size: int = 64
     num_layers: int = 2
@@ -266,16 +267,18 @@ class ClipTextEncoder(_FrozenClip):
         from transformers import CLIPTextModelWithProjection
 
         self.config = cfg = config or ClipTextEncoderConfig()
-        self.tokenizer = ClipTokenizer(_find_tokenizer(cfg), cfg.context_length)
-        if cfg.path is not None:
-            self.model = load_clip_tower(cfg.path, "text")
-        else:
-            self.model = CLIPTextModelWithProjection(_text_hf_config(cfg, cfg.vocab_size or self.tokenizer.vocab_size, self.tokenizer))
+        model = load_clip_tower(cfg.path, "text") if cfg.path is not None else None
+        length = cfg.context_length or (model.config.max_position_embeddings if model is not None else 77)
+        self.tokenizer = ClipTokenizer(_find_tokenizer(cfg), length)
+        if model is None:
+            model = CLIPTextModelWithProjection(_text_hf_config(cfg.replace(context_length=length),
+                                                                cfg.vocab_size or self.tokenizer.vocab_size, self.tokenizer))
+        self.model = model
         hf = self.model.config
         if self.tokenizer.vocab_size > hf.vocab_size:
             raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens but the CLIP text model only {hf.vocab_size}")
-        if cfg.context_length > hf.max_position_embeddings:
-            raise ValueError(f"context_length {cfg.context_length} exceeds the model's {hf.max_position_embeddings} positions")
+        if length > hf.max_position_embeddings:
+            raise ValueError(f"context_length {length} exceeds the model's {hf.max_position_embeddings} positions")
         self.register_buffer("_null", None, persistent=False)
         _freeze(self.model)
 

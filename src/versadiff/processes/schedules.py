@@ -339,7 +339,7 @@ _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 _LINEAR_FAMILIES = {"linear": (linear_betas, (1e-4, 0.02)), "scaled_linear": (scaled_linear_betas, (0.00085, 0.012))}
 _SCHEDULE_KEYS = {
     "discrete": {"type", "betas", "num_steps", "beta_start", "beta_end", "cosine_s", "max_beta", "dtype",
-                 "rescale_zero_terminal_snr"},
+                 "rescale_zero_terminal_snr", "terminal_alpha_bar"},
     "logsnr": {"type", "kind", "logsnr_min", "logsnr_max"},
     "vpsde": {"type", "beta_min", "beta_max", "t_eps"},
 }
@@ -347,7 +347,15 @@ _SCHEDULE_KEYS = {
 
 def build_schedule(cfg: dict[str, Any]) -> NoiseSchedule:
     """A schedule from a config dict, e.g. {"type": "discrete", "betas": "scaled_linear", "num_steps": 1000},
-    {"type": "logsnr", "kind": "cosine", "logsnr_min": -20, "logsnr_max": 20}, {"type": "vpsde"}."""
+    {"type": "logsnr", "kind": "cosine", "logsnr_min": -20, "logsnr_max": 20}, {"type": "vpsde"}.
+
+    Discrete keys: betas (a name in BETA_SCHEDULES, or an explicit list of T betas, e.g. diffusers'
+    trained_betas), num_steps, beta_start / beta_end (linear families; note versadiff's "scaled_linear"
+    defaults to Stable Diffusion's 0.00085 -> 0.012, diffusers' class default is 1e-4 -> 0.02), cosine_s /
+    max_beta (cosine), dtype ("float64" default; "float32" reproduces diffusers' tables bit for bit),
+    rescale_zero_terminal_snr, terminal_alpha_bar (with rescale_zero_terminal_snr only: replace the zero
+    last alpha_bar, as diffusers' Euler / EulerAncestral / DPMSolverMultistep do with 2**-24).
+    """
     if not isinstance(cfg, dict):
         raise ValueError(f"schedule config must be a dict, got {type(cfg).__name__}")
     kind = cfg.get("type")
@@ -369,21 +377,41 @@ def build_schedule(cfg: dict[str, Any]) -> NoiseSchedule:
         )
 
     betas_name = cfg.get("betas", "linear")
-    if betas_name not in BETA_SCHEDULES:
-        raise ValueError(f"unknown betas {betas_name!r}; choose one of {', '.join(BETA_SCHEDULES)}")
     dtype_name = cfg.get("dtype", "float64")
     if dtype_name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype_name!r}; choose one of {', '.join(_DTYPES)}")
-    dtype, T = _DTYPES[dtype_name], int(cfg.get("num_steps", 1000))
-    if betas_name in ("cosine", "squaredcos_cap_v2"):
-        if "beta_start" in cfg or "beta_end" in cfg:
-            raise ValueError("cosine betas take cosine_s and max_beta, not beta_start / beta_end")
-        betas = cosine_betas(T, float(cfg.get("cosine_s", 0.008)), float(cfg.get("max_beta", 0.999)), dtype=dtype)
+    dtype = _DTYPES[dtype_name]
+    if isinstance(betas_name, (list, tuple)):
+        extra = sorted(k for k in ("beta_start", "beta_end", "cosine_s", "max_beta") if k in cfg)
+        if extra:
+            raise ValueError(f"an explicit betas list takes no {', '.join(extra)}")
+        betas = torch.tensor([float(b) for b in betas_name], dtype=dtype)
+        if "num_steps" in cfg and int(cfg["num_steps"]) != betas.numel():
+            raise ValueError(f"num_steps={cfg['num_steps']} but the betas list has {betas.numel()} entries")
+        _check_steps(betas.numel())
     else:
-        if "cosine_s" in cfg or "max_beta" in cfg:
-            raise ValueError(f"{betas_name} betas take beta_start and beta_end, not cosine_s / max_beta")
-        fn, (d0, d1) = _LINEAR_FAMILIES[betas_name]
-        betas = fn(T, float(cfg.get("beta_start", d0)), float(cfg.get("beta_end", d1)), dtype=dtype)
-    if cfg.get("rescale_zero_terminal_snr", False):
-        return DiscreteSchedule.from_betas(rescale_zero_terminal_snr(betas))
-    return DiscreteSchedule.from_betas(betas)
+        if betas_name not in BETA_SCHEDULES:
+            raise ValueError(f"unknown betas {betas_name!r}; choose one of {', '.join(BETA_SCHEDULES)} or give a list")
+        T = int(cfg.get("num_steps", 1000))
+        if betas_name in ("cosine", "squaredcos_cap_v2"):
+            if "beta_start" in cfg or "beta_end" in cfg:
+                raise ValueError("cosine betas take cosine_s and max_beta, not beta_start / beta_end")
+            betas = cosine_betas(T, float(cfg.get("cosine_s", 0.008)), float(cfg.get("max_beta", 0.999)), dtype=dtype)
+        else:
+            if "cosine_s" in cfg or "max_beta" in cfg:
+                raise ValueError(f"{betas_name} betas take beta_start and beta_end, not cosine_s / max_beta")
+            fn, (d0, d1) = _LINEAR_FAMILIES[betas_name]
+            betas = fn(T, float(cfg.get("beta_start", d0)), float(cfg.get("beta_end", d1)), dtype=dtype)
+    if not cfg.get("rescale_zero_terminal_snr", False):
+        if cfg.get("terminal_alpha_bar") is not None:
+            raise ValueError("terminal_alpha_bar applies only with rescale_zero_terminal_snr: true")
+        return DiscreteSchedule.from_betas(betas)
+    betas = rescale_zero_terminal_snr(betas)
+    if cfg.get("terminal_alpha_bar") is None:
+        return DiscreteSchedule.from_betas(betas)
+    floor = float(cfg["terminal_alpha_bar"])
+    abar = torch.cumprod(1.0 - betas, dim=0)  # in the betas' dtype, as diffusers
+    if not 0.0 < floor < float(abar[-2]):
+        raise ValueError(f"terminal_alpha_bar must lie in (0, {float(abar[-2]):.3g}) (below the previous entry), got {floor}")
+    abar[-1] = floor
+    return DiscreteSchedule(abar)

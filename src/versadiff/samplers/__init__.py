@@ -12,13 +12,23 @@ from versadiff.processes.base import NoiseSchedule
 from versadiff.samplers.discrete import VQ_METHODS, VQDenoiser, guide, sample_vq, truncate
 from versadiff.samplers.gaussian import sample_ddim, sample_ddpm, sample_dpm, sample_dpmpp, sample_euler, sample_heun
 from versadiff.samplers.noise import NoiseFn, PerSampleNoise
-from versadiff.samplers.timesteps import SPACINGS, TimeSteps, timesteps_for, timesteps_from_indices, timesteps_from_t
+from versadiff.samplers.timesteps import (
+    DIFFUSERS_GRIDS,
+    SPACINGS,
+    TimeSteps,
+    diffusers_indices,
+    timesteps_for,
+    timesteps_from_indices,
+    timesteps_from_t,
+)
 
 __all__ = [
     "SAMPLERS",
     "DEFAULT_SPACING",
     "SPACINGS",
+    "DIFFUSERS_GRIDS",
     "TimeSteps",
+    "diffusers_indices",
     "timesteps_for",
     "timesteps_from_indices",
     "timesteps_from_t",
@@ -57,7 +67,7 @@ DEFAULT_SPACING: dict[str, str] = {
     "heun": "karras",
 }
 
-_GRID_OPTIONS = ("steps_offset", "final", "sigma_min", "sigma_max", "rho")
+_GRID_OPTIONS = ("steps_offset", "final", "sigma_min", "sigma_max", "rho", "diffusers_grid")
 
 
 def sample(
@@ -78,7 +88,7 @@ def sample(
     """Draw len(seeds) samples of per-sample `shape` (no batch dim) with a named sampler.
 
     steps: a step count (grid built by `timesteps_for` with `spacing`, default DEFAULT_SPACING[sampler])
-    or a ready TimeSteps. Grid options (steps_offset, final, sigma_min, sigma_max, rho) go to
+    or a ready TimeSteps. Grid options (steps_offset, final, sigma_min, sigma_max, rho, diffusers_grid) go to
     `timesteps_for`; every other option goes to the sampler (e.g. eta, order, variance, s_churn).
     Sample i depends only on seeds[i] (PerSampleNoise), not on the rest of the batch.
     """

@@ -111,6 +111,24 @@ def sample_ddpm(
     return _out(z, x)
 
 
+def _stride_targets(steps: TimeSteps, diffusers_stride: bool | int) -> Tensor:
+    """diffusers DDIMScheduler's targets: table index n steps to n - stride (or to the final target below 0)."""
+    sched = steps.schedule
+    if sched is None or sched.num_steps is None:
+        raise ValueError("diffusers_stride needs a grid on a discrete schedule (build it with timesteps_for)")
+    T = sched.num_steps
+    stride = T // len(steps) if diffusers_stride is True else diffusers_stride
+    if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+        raise ValueError(f"diffusers_stride must be True or a positive int, got {diffusers_stride!r}")
+    idx = steps.t * T - 1.0
+    n = torch.round(idx)
+    if torch.any((idx - n).abs() > 1e-6):
+        raise ValueError("diffusers_stride needs a grid on integer table indices (leading / trailing / linspace)")
+    prev = n - int(stride)
+    lam_prev = sched.logsnr(sched.t_from_index(prev.clamp(min=0)))
+    return torch.where(prev >= 0, lam_prev, steps.logsnr[-1])
+
+
 def sample_ddim(
     denoiser: DenoiserFn,
     x: Tensor,
@@ -120,21 +138,30 @@ def sample_ddim(
     callback: Callback | None = None,
     disable: bool = True,
     eta: float = 0.0,
+    diffusers_stride: bool | int = False,
     **options: Any,
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12): z_s = alpha_s x0 + sqrt(sigma_s^2 - var) eps + sqrt(var) noise.
 
     var = eta^2 (1 - r) sigma_s^2 with r = SNR_t / SNR_s; eta = 0 is the deterministic ODE step,
-    eta = 1 the fixed_small ancestral step.
+    eta = 1 the fixed_small ancestral step (and also exactly diffusers' EulerAncestralDiscreteScheduler step).
+
+    Each step goes from grid point i to grid point i + 1 (the last to the grid's final target).
+    diffusers_stride: compatibility with diffusers' DDIMScheduler, which steps from table index n to
+    n - T // N whatever the grid (huggingface/diffusers#9261), and to its final alpha below index 0. The
+    model is still evaluated at the grid points, so the state and the model's noise level disagree
+    wherever the grid is not stride-regular: trailing with N not dividing T, and linspace (unless N = T). True: stride T // len(steps); an int: that stride (for a grid cut from a longer one,
+    e.g. img2img's timesteps[k:] of an N-step grid, pass T // N). No effect on leading grids.
     """
     _no_options("sample_ddim", options)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"DDIM eta must lie in [0, 1] (0 = deterministic, 1 = ancestral), got {eta}")
+    targets = _stride_targets(steps, diffusers_stride) if diffusers_stride is not False else steps.logsnr[1:]
     model, z, noise = _setup(denoiser, x, steps, noise)
     for i in tqdm(range(len(steps)), disable=disable):
         x0, eps = model(z, steps.t[i])
         _report(callback, i, steps, z, x0)
-        lam_t, lam_s = float(steps.logsnr[i]), float(steps.logsnr[i + 1])
+        lam_t, lam_s = float(steps.logsnr[i]), float(targets[i])
         a_s, s_s = _ab(lam_s)
         var = 0.0
         if eta > 0 and lam_s > lam_t and s_s > 0:
@@ -150,10 +177,11 @@ def sample_ddim(
 # ---------------------------------------------------------------------------------------------------
 
 
-def _multistep_order(i: int, n: int, order: int, lower_order_final: bool, to_clean: bool) -> int:
-    """diffusers' order schedule: warm up 1, 2, ...; lower orders at the end when n < 15; 1 into sigma = 0."""
+def _multistep_order(i: int, n: int, order: int, lower_order_final: bool, euler_at_final: bool) -> int:
+    """diffusers' order schedule: warm up 1, 2, ...; lower orders at the end when n < 15 (or first order on
+    the last step with euler_at_final); the step into sigma = 0 is handled by the caller (exact, first order)."""
     k = min(order, i + 1)
-    if i == n - 1 and (to_clean or (lower_order_final and n < 15)):
+    if i == n - 1 and (euler_at_final or (lower_order_final and n < 15)):
         return 1
     if i == n - 2 and lower_order_final and n < 15:
         return min(k, 2)
@@ -170,9 +198,13 @@ def _dpm_multistep(
     order: int,
     lower_order_final: bool,
     data_prediction: bool,
+    solver_type: str,
+    euler_at_final: bool,
 ) -> Tensor:
     if order not in (1, 2, 3):
         raise ValueError(f"DPM-Solver order must be 1, 2 or 3, got {order}")
+    if solver_type not in ("midpoint", "heun"):
+        raise ValueError(f"DPM-Solver solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     model, z, _ = _setup(denoiser, x, steps, noise)
     n = len(steps)
     lam = (steps.logsnr / 2.0).tolist()  # half log-SNR lambda_D = log(alpha / sigma)
@@ -188,7 +220,7 @@ def _dpm_multistep(
         h = lam_t - lam_s
         if h == 0:  # target equals the current point (e.g. final="first" on the last grid point)
             continue
-        k = _multistep_order(i, n, order, lower_order_final, False)
+        k = _multistep_order(i, n, order, lower_order_final, euler_at_final)
         a_s, s_s = _ab(2 * lam_s)
         a_t, s_t = _ab(2 * lam_t)
         m0 = hist[-1]
@@ -204,7 +236,7 @@ def _dpm_multistep(
             c3 = -s_t * ((phi1 - h) / h**2 - 0.5)
         if k == 2:
             r0 = (lam_s - lam[i - 1]) / h
-            z = z + c1 * ((m0 - hist[-2]) / r0)
+            z = z + (c1 if solver_type == "midpoint" else c2) * ((m0 - hist[-2]) / r0)
         elif k == 3:
             r0, r1 = (lam_s - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h
             d1_0, d1_1 = (m0 - hist[-2]) / r0, (hist[-2] - hist[-3]) / r1
@@ -224,16 +256,22 @@ def sample_dpmpp(
     disable: bool = True,
     order: int = 2,
     lower_order_final: bool = True,
+    solver_type: str = "midpoint",
+    euler_at_final: bool = False,
     **options: Any,
 ) -> Tensor:
-    """DPM-Solver++ multistep in data-prediction form (orders 1-3, 'midpoint' 2nd-order update).
+    """DPM-Solver++ multistep in data-prediction form (orders 1-3).
 
     Warm-up starts at first order; lower_order_final drops to orders 2, 1 on the last two steps when
-    fewer than 15 steps are taken (diffusers' rule); the step into sigma = 0 is first order (returns x0).
+    fewer than 15 steps are taken (diffusers' rule); euler_at_final makes the last step first order; the
+    step into sigma = 0 is first order (returns x0). solver_type: the 2nd-order update, "midpoint"
+    (default) or "heun" (diffusers' option of the same name; order 3 is unaffected).
     Deterministic: `noise` is accepted for the shared signature but never drawn.
     """
     _no_options("sample_dpmpp", options)
-    return _dpm_multistep(denoiser, x, steps, noise, callback, disable, order, lower_order_final, True)
+    return _dpm_multistep(
+        denoiser, x, steps, noise, callback, disable, order, lower_order_final, True, solver_type, euler_at_final
+    )
 
 
 def sample_dpm(
@@ -246,11 +284,15 @@ def sample_dpm(
     disable: bool = True,
     order: int = 2,
     lower_order_final: bool = True,
+    solver_type: str = "midpoint",
+    euler_at_final: bool = False,
     **options: Any,
 ) -> Tensor:
     """DPM-Solver multistep in noise-prediction form (orders 1-3); otherwise as `sample_dpmpp`."""
     _no_options("sample_dpm", options)
-    return _dpm_multistep(denoiser, x, steps, noise, callback, disable, order, lower_order_final, False)
+    return _dpm_multistep(
+        denoiser, x, steps, noise, callback, disable, order, lower_order_final, False, solver_type, euler_at_final
+    )
 
 
 # ---------------------------------------------------------------------------------------------------

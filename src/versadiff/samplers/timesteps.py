@@ -5,13 +5,26 @@ log-SNR of every point and of the final target: logsnr[N] is +inf for "clean" (s
 set_alpha_to_one=True) or the schedule's cleanest table entry for "first" (alpha_bar_0).
 
 Spacings (`timesteps_for`):
-  leading / trailing / linspace  diffusers' integer index grids on a discrete table (Lin et al. 2023, Table 2),
-                                 index n -> t = (n + 1) / T;
+  leading / trailing / linspace  diffusers' index grids on a discrete table (Lin et al. 2023, Table 2),
+                                 index n -> t = (n + 1) / T; `diffusers_grid` picks whose variant (below);
   uniform   t uniform from 1 down to t_min (VDPM's t = i/N grid for continuous schedules; t_min = 1/T for tables);
   logsnr    uniform in log-SNR (DPM-Solver's 'logSNR' skip type);
   karras    EDM sigmas (Karras et al. 2022, eq. 5) mapped to fractional t by the schedule's inverse.
 The uniform and logsnr grids have N + 1 points ending at t_min; the model is evaluated at the first N and
 the last is the target when final="first".
+
+diffusers' scheduler classes build different grids under the same spacing name; `diffusers_grid` names the
+family whose `set_timesteps` is reproduced (index for index, computed with numpy as diffusers does):
+  "ddim"   DDIM / DDPM / PNDM (the default): N integer indices; leading = arange(N) * (T // N) + steps_offset,
+           linspace = round(linspace(0, T - 1, N)), trailing = round(arange(T, 0, -T / N)) - 1;
+  "dpm"    DPMSolverMultistep: leading and linspace are built on N + 1 points and the last is dropped
+           (leading = arange(N + 1) * (T // (N + 1)) + steps_offset, e.g. 900, 810, ..., 90 for N = 10);
+           trailing as "ddim";
+  "euler"  Euler / EulerAncestral / Heun: linspace is NOT rounded (float32 linspace(0, T - 1, N), fractional
+           indices; the model sees the fractional timestep); leading and trailing as "ddim".
+One deliberate difference for every family: for some N (T = 1000: 61, 103, 121, 122, ...) numpy's
+arange(T, 0, -T / N) has N + 1 entries and diffusers' trailing grid then ends with the index -1 (which
+indexes the NOISIEST table entry); versadiff keeps the N intended steps.
 """
 
 from __future__ import annotations
@@ -20,14 +33,26 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from versadiff.processes.base import NoiseSchedule
 
-__all__ = ["SPACINGS", "TimeSteps", "timesteps_for", "timesteps_from_indices", "timesteps_from_t"]
+__all__ = [
+    "SPACINGS",
+    "INDEX_SPACINGS",
+    "DIFFUSERS_GRIDS",
+    "TimeSteps",
+    "diffusers_indices",
+    "timesteps_for",
+    "timesteps_from_indices",
+    "timesteps_from_t",
+]
 
 SPACINGS = ("leading", "trailing", "linspace", "uniform", "logsnr", "karras")
+INDEX_SPACINGS = ("leading", "trailing", "linspace")
+DIFFUSERS_GRIDS = ("ddim", "dpm", "euler")
 FINALS = ("clean", "first")
 
 
@@ -103,17 +128,31 @@ def timesteps_from_indices(schedule: NoiseSchedule, indices: Sequence[int] | Ten
     return timesteps_from_t(schedule, schedule.t_from_index(n), final)
 
 
-def _discrete_indices(spacing: str, T: int, n: int, steps_offset: int) -> Tensor:
-    """diffusers DDIM/DDPM index grids (reference §4.2), descending int64."""
+def diffusers_indices(spacing: str, T: int, n: int, steps_offset: int = 0, diffusers_grid: str = "ddim") -> Tensor:
+    """The table indices (descending float64; fractional only for "euler" linspace) of diffusers'
+    `set_timesteps(n)` for `spacing` in the scheduler family `diffusers_grid` (module docstring)."""
+    if spacing not in INDEX_SPACINGS:
+        raise ValueError(f"unknown index spacing {spacing!r}; choose one of {', '.join(INDEX_SPACINGS)}")
+    if diffusers_grid not in DIFFUSERS_GRIDS:
+        raise ValueError(f"unknown diffusers_grid {diffusers_grid!r}; choose one of {', '.join(DIFFUSERS_GRIDS)}")
+    dpm = diffusers_grid == "dpm"
     if spacing == "leading":
-        idx = torch.arange(n, dtype=torch.int64) * (T // n) + steps_offset
+        m = n + 1 if dpm else n
+        idx = (np.arange(0, m) * (T // m)).round()[::-1][:n] + steps_offset
     elif spacing == "trailing":
-        idx = torch.round(torch.arange(float(T), 0.0, -T / n, dtype=torch.float64)).to(torch.int64).flip(0) - 1
-    else:  # linspace; torch.round rounds half to even like numpy
-        idx = torch.round(torch.linspace(0.0, T - 1.0, n, dtype=torch.float64)).to(torch.int64)
-    idx = idx.flip(0)
-    if idx.numel() != n or torch.any(idx[1:] >= idx[:-1]) or idx[0] > T - 1:
-        raise ValueError(f"{spacing} spacing with {n} steps (offset {steps_offset}) on T={T} gives invalid indices {idx.tolist()}")
+        # numpy's arange may return n + 1 points here (the last rounds to index -1): keep the n intended ones
+        idx = np.round(np.arange(T, 0, -T / n))[:n] - 1
+    elif dpm:
+        idx = np.linspace(0, T - 1, n + 1).round()[::-1][:n]
+    elif diffusers_grid == "euler":
+        idx = np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)
+    else:
+        idx = np.linspace(0, T - 1, n).round()[::-1]
+    idx = torch.from_numpy(idx.astype(np.float64).copy())  # copy(): a fresh, positive-stride array
+    if idx.numel() != n or torch.any(idx[1:] >= idx[:-1]) or idx[0] > T - 1 or idx[-1] < 0:
+        raise ValueError(
+            f"{spacing} spacing ({diffusers_grid} grid) with {n} steps (offset {steps_offset}) on T={T} gives invalid indices {idx.tolist()}"
+        )
     return idx
 
 
@@ -126,10 +165,13 @@ def timesteps_for(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     rho: float = 7.0,
+    diffusers_grid: str = "ddim",
 ) -> TimeSteps:
     """The N-step grid of a named spacing (see the module docstring).
 
     steps_offset: diffusers' offset added to "leading" indices (Stable Diffusion uses 1).
+    diffusers_grid: for leading / trailing / linspace, whose diffusers grid to build: "ddim" (default;
+      DDIM / DDPM / PNDM), "dpm" (DPMSolverMultistep) or "euler" (Euler / EulerAncestral / Heun).
     sigma_min / sigma_max: VE sigma range (sigma/alpha) for "karras" and "logsnr";
       default: the schedule's range from t_min to t = 1. rho: the Karras exponent.
     """
@@ -142,15 +184,19 @@ def timesteps_for(
         raise ValueError(f"steps_offset only applies to 'leading' spacing, not {spacing!r}; drop it")
     if (sigma_min is not None or sigma_max is not None) and spacing not in ("karras", "logsnr"):
         raise ValueError(f"sigma_min/sigma_max apply to 'karras' and 'logsnr' spacings, not {spacing!r}")
+    if diffusers_grid not in DIFFUSERS_GRIDS:
+        raise ValueError(f"unknown diffusers_grid {diffusers_grid!r}; choose one of {', '.join(DIFFUSERS_GRIDS)}")
+    if diffusers_grid != "ddim" and spacing not in INDEX_SPACINGS:
+        raise ValueError(f"diffusers_grid applies to the leading / trailing / linspace spacings, not {spacing!r}; drop it")
     final_lam = _final_logsnr(schedule, final)
 
-    if spacing in ("leading", "trailing", "linspace"):
+    if spacing in INDEX_SPACINGS:
         T = schedule.num_steps
         if T is None:
             raise ValueError(f"{spacing!r} spacing needs a discrete schedule; use 'uniform', 'logsnr' or 'karras'")
         if n > T:
             raise ValueError(f"{n} steps exceed the schedule's {T} table entries")
-        return timesteps_from_indices(schedule, _discrete_indices(spacing, T, n, steps_offset), final)
+        return timesteps_from_indices(schedule, diffusers_indices(spacing, T, n, steps_offset, diffusers_grid), final)
 
     t_min = _t_min(schedule)
     if spacing == "uniform":

@@ -4,8 +4,9 @@ from versadiff.config import ConfigError, RunConfig
 from versadiff.tasks.autoencoder import AutoencoderTask
 from versadiff.tasks.base import TASKS, Task, dataset_facts, task_class
 from versadiff.tasks.diffusion import DiffusionTask, GaussianTask, VQDiffusionTask
+from versadiff.tasks.encoders import ClipTask, TextVAETask
 
-__all__ = ["TASKS", "Task", "DiffusionTask", "GaussianTask", "VQDiffusionTask", "AutoencoderTask", "task_class",
+__all__ = ["TASKS", "Task", "DiffusionTask", "GaussianTask", "VQDiffusionTask", "AutoencoderTask", "ClipTask", "TextVAETask", "task_class",
            "dataset_facts", "build_task", "check_config"]
 
 

@@ -13,6 +13,7 @@ Tasks register in TASKS by name; nothing else in the package switches on a task'
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -78,6 +79,11 @@ class Task:
         raise NotImplementedError
 
     @classmethod
+    def needs_text(cls, cfg: RunConfig) -> bool:
+        """Whether the task reads captions from the data (readers then require them)."""
+        return False
+
+    @classmethod
     def count_parameters(cls, cfg: RunConfig) -> int:
         """Parameters of the trained network, counted on the meta device."""
         with torch.device("meta"):
@@ -103,9 +109,15 @@ class Task:
         """The batch's images on the training device, float32."""
         return batch["image"].to(self.device, torch.float32)
 
+    def begin_step(self, step: int) -> None:
+        """Called before each optimizer step with the number of steps done (e.g. for a KL-weight schedule)."""
+
     def losses(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> Tensor:
         """Per-sample losses [B] of a micro-batch; `model` is the (possibly wrapped) training view of `net`."""
         raise NotImplementedError
+
+    def export_files(self, ema_net: nn.Module, folder: Path) -> None:
+        """Files beside the exported weights that other runs load (e.g. an encoder's own folder layout)."""
 
     def log_stats(self) -> dict[str, float]:
         return {}

@@ -48,6 +48,10 @@ class DiffusionTask(Task):
         raise NotImplementedError
 
     @classmethod
+    def needs_text(cls, cfg: RunConfig) -> bool:
+        return any("text" in (f.data, f.context) for f, _ in _entries(cfg))
+
+    @classmethod
     def pipeline(cls, net: nn.Module, cfg: RunConfig, info: dict[str, Any], source: str = "",
                  device: str | torch.device = "cpu", flows: list[BoundFlow] | None = None) -> Pipeline:
         flows = bind_flows(cfg, info, device, cls.default_codec) if flows is None else flows

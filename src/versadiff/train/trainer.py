@@ -52,10 +52,10 @@ def _warmup_lambda(warmup_steps: int):
 
 
 def _needs_text(cfg: RunConfig) -> bool:
-    """Whether any flow of the run reads captions (so that readers require them, and only then)."""
-    from versadiff.flows import flow_entries
+    """Whether the run reads captions (so that readers require them, and only then)."""
+    from versadiff.tasks import task_class
 
-    return any("text" in (f.data, f.context) for f, _ in flow_entries(cfg.flows))
+    return task_class(cfg.task).needs_text(cfg)
 
 
 def _check_data(cfg: RunConfig) -> None:
@@ -293,6 +293,7 @@ class Trainer:
     def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float, float]:
         tc, acc = self.cfg.train, self.accelerator
         total = 0.0
+        self.task.begin_step(self.step)
         for micro in range(tc.grad_accum):
             batch = next(batches)
             last = micro == tc.grad_accum - 1
@@ -428,6 +429,8 @@ class Trainer:
         tmp = path.with_name(path.name + ".tmp")
         ck.save_tensors(tmp, self.ema.state_dict(), self._metadata())
         tmp.replace(path)
+        self.ema.copy_to(self.ema_net)
+        self.task.export_files(self.ema_net, path.parent)  # e.g. a CLIP pair's transformers folder
         return path
 
 
