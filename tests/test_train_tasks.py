@@ -117,7 +117,7 @@ def test_latent_gaussian_diffusion_on_a_tiny_kl_autoencoder(tmp_path):
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "shapes_vqdiffusion"], "train one first: versadiff train shapes_vqae"),
     (["train", "shapes_vqae", "--set", "ae_loss.disc_weight=0.5"], "'ae_loss.disc_weight' (the trainer runs no"),
-    (["train", "shapes_vqae", "--set", "task=nope", "--dry-run"], "'task' must be one of autoencoder, gaussian, vq_diffusion"),
+    (["train", "shapes_vqae", "--set", "task=nope", "--dry-run"], "'task' must be one of autoencoder, clip, gaussian, text_vae, vq_diffusion"),
     (["train", "shapes_unet_tiny", "--set", "discrete.num_steps=10", "--dry-run"], "'discrete' applies to task vq"),
     (["train", "shapes_vqdiffusion", "--set", "diffusion.prediction=v", "--dry-run"], "section 'diffusion' applies"),
     (["train", "shapes_vqdiffusion", "--set", "sample.truncation=1.5", "--dry-run"], "(0, 1]"),
