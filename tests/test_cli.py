@@ -57,8 +57,9 @@ def test_sample_writes_pngs_grid_and_settings(run, tmp_path):
 
 
 def test_resume_from_cli_continues_the_run(run, tmp_path):
-    assert main(["train", "shapes_unet_tiny", "--out", str(run), "--resume", "--quiet",
-                 "--set", *TINY, "train.max_steps=3", "train.checkpoint_every=1", "train.keep_last=2"]) == 0
+    # the run's own config: no preset and no repeated --set; extending max_steps is allowed explicitly
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--allow-change", "train.max_steps",
+                 "--set", "train.max_steps=3", "train.keep_last=2"]) == 0
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["step-00000002", "step-00000003"]
     assert [json.loads(x)["step"] for x in (run / "stats.jsonl").read_text().splitlines()] == [1, 2, 3]

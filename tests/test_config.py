@@ -60,7 +60,7 @@ def test_overrides_parse_yaml_scalars_and_lists():
         ("train.batch_size=2.5", "'train.batch_size' expects integer"),
         ("train.ema_warmup=3", "'train.ema_warmup' expects true/false"),
         ("train.adam_betas=[1, 2, 3]", "'train.adam_betas' expects list of 2 numbers"),
-        ("train.mixed_precision=fp8", "'train.mixed_precision' must be one of no, fp16, bf16"),
+        ("train.mixed_precision=fp8", "'train.mixed_precision' must be one of auto, no, fp16, bf16"),
         ("train.batch_size=0", "'train.batch_size' must be > 0"),
         ("diffusion.p_uncond=1.5", "'diffusion.p_uncond' must lie in [0, 1)"),
         ("train=3", "'train' expects mapping"),

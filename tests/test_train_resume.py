@@ -158,7 +158,8 @@ def test_gradient_checkpointing_and_bf16_switches(tmp_path):
 
 def test_existing_run_needs_resume_and_a_matching_config(full_run):
     run, _ = full_run
-    with pytest.raises(ValueError, match="already holds a run with checkpoints; add --resume"):
+    with pytest.raises(ValueError, match="is not empty: it holds an earlier run .*continue that run with --resume"):
         Trainer(tiny_config("train.max_steps=6"), out=run)
-    with pytest.raises(ValueError, match="does not fit this config's network .*resume with the config the run was"):
-        Trainer(tiny_config("train.max_steps=6", "model.emb_channels=16"), out=run, resume=True)
+    with pytest.raises(ValueError, match=r"config differs from the one .* was trained with: model.emb_channels: 32 -> 16"):
+        Trainer(tiny_config("train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=2",
+                            "model.emb_channels=16"), out=run, resume=True)

@@ -25,6 +25,8 @@ class ShippedModel:
 SHIPPED_MODELS: dict[str, ShippedModel] = {m.name: m for m in (
     ShippedModel("shapes-unet", "demo_shapes_unet.safetensors",
                  "class-conditional shapes 32x32, tiny UNet (the class-conditional demo)"),
+    ShippedModel("vd-shapes", "vd_shapes/vd.safetensors",
+                 "Versatile Diffusion miniature: text->image, image variation, image->text, text variation on shapes"),
 )}
 
 

@@ -1,6 +1,9 @@
 """The `versadiff` command: train, sample, demo, presets, export (and eval when installed).
 
-User errors print `versadiff: error: <one line>` and exit with status 2; set VERSADIFF_DEBUG=1 for tracebacks.
+Every error a user can cause (bad config or option, missing or damaged file, a device the machine lacks, an output
+that would overwrite something) prints `versadiff: error: <one line naming the file or option and the fix>` and
+exits with status 2; anything else is a bug and prints `versadiff: internal error: ...` (status 1). Tracebacks
+only with `--debug` (anywhere on the command line) or VERSADIFF_DEBUG=1.
 Several GPUs: `accelerate launch --num_processes 4 -m versadiff.cli train CONFIG ...` (no code change).
 """
 
@@ -14,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from versadiff.errors import OutputExistsError, VersadiffError, report_error
+
 __all__ = ["main", "build_parser", "CLIError"]
 
 DEMO_ASSET = "demo_shapes_unet.safetensors"
@@ -21,7 +26,7 @@ DEMO_PER_CLASS = 4
 DEMO_SAMPLER, DEMO_STEPS = "dpmpp", 20  # DPM-Solver++(2M): 20 steps match 50 DDIM steps here (README) at 2.5x less time
 
 
-class CLIError(Exception):
+class CLIError(VersadiffError):
     """A user error with a one-line message."""
 
 
@@ -44,17 +49,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = args.config
     if config is None and overrides and "=" not in overrides[-1]:
         config = overrides.pop()  # `train --set a=1 CONFIG`: --set took CONFIG, which is no KEY=VALUE
-    if config is None:
-        raise CLIError("the following arguments are required: CONFIG (a preset name or YAML path)")
+    resume = args.resume
+    if config is None and not resume:
+        raise CLIError("the following arguments are required: CONFIG (a preset name or YAML path; with --resume "
+                       "the run's own config is used)")
+    if args.allow_change and not resume:
+        raise CLIError("--allow-change only applies with --resume")
     from versadiff.tasks import check_config
 
-    cfg = check_config(load_config(config, overrides))
+    if config is None:  # --resume: the run's own config (as its checkpoint recorded it), --set applied on top
+        from versadiff.train.trainer import resume_config
+
+        resume, cfg = resume_config(resume, args.out, overrides, tidy=not args.dry_run)
+    else:
+        cfg = check_config(load_config(config, overrides))
     if args.dry_run:
         sys.stdout.write(format_config(cfg))
         return 0
     from versadiff.train.trainer import Trainer
 
-    trainer = Trainer(cfg, out=args.out, resume=args.resume, quiet=args.quiet)
+    trainer = Trainer(cfg, out=args.out, resume=resume, quiet=args.quiet, force=args.force,
+                      allow_change=[k.strip() for a in args.allow_change or [] for k in a.split(",") if k.strip()])
     run_dir = trainer.run()
     if trainer.accelerator.is_main_process and not args.quiet:
         print(f"run folder: {run_dir}")
@@ -84,14 +99,76 @@ def _cycle_labels(model: Any, n: int, cls: str | None) -> list[int] | None:
     return None
 
 
+SAMPLE_MARK = "versadiff sample"  # settings.json's "written_by": what `sample --force` may replace
+
+
+def _sample_files(settings: dict[str, Any]) -> set[str] | None:
+    """The files a previous `versadiff sample` wrote into its folder (from its settings.json); None if it is not one."""
+    images = settings.get("images") if isinstance(settings, dict) else None
+    if not isinstance(images, list) or not ("checkpoint" in settings and "sampler" in settings):
+        return None
+    files = {"settings.json", "grid.png"}
+    for r in images:
+        if not isinstance(r, dict) or not isinstance(r.get("file"), str) or "/" in r["file"] or r["file"].startswith("."):
+            return None
+        files.add(r["file"])
+    return files
+
+
+def prepare_sample_dir(path: str | Path, force: bool, option: str = "--out") -> tuple[Path, list[Path]]:
+    """(folder, files to remove first): a folder that is new or empty, or -- with force -- a previous `versadiff
+    sample` folder holding nothing but what it wrote. Anything else is a one-line OutputExistsError."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{option} {out} is a file; give a folder (new or empty)")
+    anc = out
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise OutputExistsError(f"{option} {out}: {anc} is a file, not a folder")
+    if anc.exists() and not os.access(anc, os.W_OK | os.X_OK):
+        raise OutputExistsError(f"{option} {out}: no permission to write in {anc}; choose another folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return out, []
+    entries = {p.name for p in out.iterdir()}
+    ours = None
+    if (out / "settings.json").is_file():
+        try:
+            ours = _sample_files(json.loads((out / "settings.json").read_text()))
+        except (ValueError, UnicodeDecodeError):
+            ours = None
+    if ours is None:
+        raise OutputExistsError(f"{option} {out} is not empty and is not a versadiff sample folder; give a new or "
+                                "empty folder (nothing is overwritten)")
+    foreign = sorted(entries - ours)
+    if foreign:
+        raise OutputExistsError(f"{option} {out} holds files versadiff sample did not write ({', '.join(foreign[:3])}"
+                                f"{' ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+    if not force:
+        raise OutputExistsError(f"{option} {out} holds an earlier versadiff sample run ({len(entries)} files); add "
+                                "--force to replace it (its files are removed first, never mixed) or give a new folder")
+    return out, [out / name for name in sorted(entries)]
+
+
+def _write_text(path: Path, text: str) -> None:
+    from versadiff.weights import write_bytes_durable
+
+    write_bytes_durable(path, text.encode())
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    import torch
+    from versadiff.precision import autocast, resolve_device, resolve_precision
+
+    from versadiff.eval.cli import check_sampling_options
+
+    check_sampling_options(args)
+    out, stale = prepare_sample_dir(args.out, args.force)  # before any work
+    device = resolve_device(args.device)
+    precision, why = resolve_precision(args.precision, device, key="--precision")
 
     from versadiff.images import save_grid, to_pil
     from versadiff.models import load_model
 
-    if args.n < 1:
-        raise CLIError(f"--n must be >= 1, got {args.n}")
     model = load_model(args.checkpoint)
     s = model.config.sample
     sampler = args.sampler or s.sampler
@@ -99,27 +176,33 @@ def cmd_sample(args: argparse.Namespace) -> int:
     guidance = args.guidance if args.guidance is not None else (s.guidance if model.num_classes else 0.0)
     labels = _cycle_labels(model, args.n, args.cls)
     seeds = list(range(args.seed, args.seed + args.n))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     truncation = args.truncation if args.truncation is not None else getattr(s, "truncation", 1.0)
-    images = model.generate(seeds, sampler=sampler, steps=steps, guidance=guidance, class_labels=labels,
-                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty(),
-                            truncation=truncation)
-    out = Path(args.out)
+    kw = dict(sampler=sampler, steps=steps, guidance=guidance, class_labels=labels, batch_size=args.batch_size,
+              truncation=truncation)
+    model.request(seeds, **kw)  # every check before any sampling
+    with autocast(precision, device):
+        images = model.generate(seeds, device=device, progress=not args.quiet and sys.stderr.isatty(), **kw)
+    for p in stale:  # --force on a previous sample folder: its files go first, the new ones are never mixed in
+        p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for i, (seed, img) in enumerate(zip(seeds, to_pil(images))):
-        name = f"seed{seed:06d}.png"
-        img.save(out / name)
-        records.append({"file": name, "seed": seed, "class": None if labels is None else labels[i],
-                        "class_name": _name(model, labels[i]) if labels is not None else None})
-    nrow = model.num_classes if labels is not None and args.cls is None and model.num_classes <= 20 else 8
-    save_grid(images, out / "grid.png", nrow=nrow)
-    settings = {"checkpoint": str(model.source), "step": model.step, "n": args.n, "sampler": sampler, "steps": steps,
+    records = [{"file": f"seed{seed:06d}.png", "seed": seed, "class": None if labels is None else labels[i],
+                "class_name": _name(model, labels[i]) if labels is not None else None} for i, seed in enumerate(seeds)]
+    settings = {"written_by": SAMPLE_MARK, "complete": False, "checkpoint": str(model.source), "step": model.step,
+                "n": args.n, "sampler": sampler, "steps": steps,
                 "guidance": guidance, "guidance_convention": "(1 + w) * cond - w * uncond", "seed": args.seed,
                 "truncation": truncation,
-                "batch_size": args.batch_size, "device": str(device), "sampler_options": model.config.sample.options,
+                "batch_size": args.batch_size, "device": str(device), "precision": precision,
+                "precision_requested": args.precision, "precision_reason": why,
+                "sampler_options": model.config.sample.options,
                 "images": records, "versions": _versions(), "config": model.config.to_dict()}
-    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n")
+    # settings.json first (listing every file to come), so that a killed run's folder is still recognised
+    _write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
+    for rec, img in zip(records, to_pil(images)):
+        img.save(out / rec["file"])
+    nrow = model.num_classes if labels is not None and args.cls is None and model.num_classes <= 20 else 8
+    save_grid(images, out / "grid.png", nrow=nrow)
+    settings["complete"] = True
+    _write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
     print(f"wrote {args.n} images, grid.png and settings.json to {out}")
     return 0
 
@@ -211,7 +294,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from versadiff.train.trainer import export_weights
 
-    path = export_weights(args.source, args.out)
+    path = export_weights(args.source, args.out, force=args.force)
     print(f"exported EMA weights to {path}")
     return 0
 
@@ -221,14 +304,25 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="versadiff", description="Diffusion models: train, sample, evaluate.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks (also anywhere after the command, or "
+                                                        "VERSADIFF_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a preset or a YAML config")
-    t.add_argument("config", metavar="CONFIG", nargs="?", help="preset name (versadiff presets) or YAML path")
+    t.add_argument("config", metavar="CONFIG", nargs="?", help="preset name (versadiff presets) or YAML path; "
+                                                                "optional with --resume (the run's own config)")
     t.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override, e.g. train.lr=1.0e-4")
-    t.add_argument("--out", help="run folder (default: runs/NNNNN-<name>-<desc>)")
+    t.add_argument("--out", help="run folder, new or empty (default: runs/NNNNN-<name>-<desc>)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
-                   help="continue from the latest checkpoint of --out, or from PATH (checkpoint or run folder)")
+                   help="continue from the latest good checkpoint of --out, or from PATH (checkpoint or run folder), "
+                        "with the run's own config (a CONFIG / --set given is compared with it)")
+    t.add_argument("--allow-change", action="append", metavar="KEY[,KEY]", default=None,
+                   help="with --resume: config keys (or sections) that may differ from the run's, e.g. "
+                        "train.max_steps (repeatable; name, description, log_every, sample_every, checkpoint_every "
+                        "and keep_last always may)")
+    t.add_argument("--force", action="store_true",
+                   help="start over in a used --out: its earlier run files are moved to replaced-<time>/ (never "
+                        "deleted)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
@@ -246,7 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                   help="auto (default): bf16 where the device runs it natively, else fp32; no: fp32; fp16: GPU only")
+    s.add_argument("--out", required=True, help="output folder (new or empty)")
+    s.add_argument("--force", action="store_true", help="replace an earlier versadiff sample folder at --out (its "
+                                                       "files are removed first; other folders are never touched)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
 
@@ -263,8 +361,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write EMA-only inference weights from a checkpoint or run folder")
     e.add_argument("source", metavar="SOURCE", help="checkpoint directory or run folder")
-    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--out", required=True, help="output .safetensors file (.safetensors is added to a name without "
+                                                "extension; an existing file is refused)")
+    e.add_argument("--force", action="store_true", help="replace an existing versadiff weight file at --out")
     e.set_defaults(func=cmd_export)
+
+    cv = sub.add_parser("convert", add_help=False,
+                        help="convert weights you already have (VD, SD 1.x, U-ViT, VQ-Diffusion, VDPM, diffusers) to versadiff or diffusers")
+    cv.add_argument("convert_args", nargs=argparse.REMAINDER, help="SRC --out DIR [--to versadiff|diffusers] [--format NAME] ...")
+    cv.set_defaults(func=cmd_convert)
 
     sh = sub.add_parser("shards", add_help=False, help="write an image folder as webdataset shards (img2dataset layout)")
     sh.add_argument("shard_args", nargs=argparse.REMAINDER, help="SOURCE OUT_DIR [--samples-per-shard N] ...")
@@ -279,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from versadiff.convert.formats import main as convert_main
+
+    return int(convert_main(args.convert_args) or 0)
+
+
 def cmd_shards(args: argparse.Namespace) -> int:
     from versadiff.data.shard_writer import shards_main
 
@@ -288,21 +399,26 @@ def cmd_shards(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `versadiff` command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("VERSADIFF_DEBUG")) or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     try:
+        if argv[:1] == ["convert"]:  # its own parser (versadiff.convert.formats), like shards
+            from versadiff.convert.formats import main as convert_main
+
+            return int(convert_main(argv[1:]) or 0)
         if argv[:1] == ["shards"]:  # its own parser: argparse's REMAINDER would not take a leading --help
             from versadiff.data.shard_writer import shards_main
 
             return int(shards_main(argv[1:]) or 0)
         args = build_parser().parse_args(argv)
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError) as e:
-        if os.environ.get("VERSADIFF_DEBUG"):
-            raise
-        sys.stderr.write(f"versadiff: error: {' '.join(str(e).split())}\n")
-        return 2
     except KeyboardInterrupt:
         sys.stderr.write("versadiff: interrupted\n")
         return 130
+    except Exception as e:
+        if debug:
+            raise
+        return report_error(e)
 
 
 if __name__ == "__main__":

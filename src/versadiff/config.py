@@ -6,14 +6,16 @@ This module checks structure, types and ranges; the task a config names checks i
 A run is described by `RunConfig`; `load_config("shapes_unet_tiny", ["train.lr=1.0e-4"])` reads a
 packaged preset (or a YAML path), applies `--set` overrides and validates every key and type.
 Free-form sections (`model`, `data`, `diffusion.schedule`, `sample.options`, `autoencoder`) are passed
-untouched to their builders, which validate them. Errors are one-line `ConfigError`s (a ValueError)
-that name the key and what it expects.
+untouched to their builders, which validate them (NaN is rejected everywhere, inf in every typed section).
+Errors are one-line `ConfigError`s (a ValueError) that name the key and what it expects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ __all__ = [
     "save_config",
     "config_from_dict",
     "format_config",
+    "config_diff",
+    "key_allowed",
+    "RESUME_HARMLESS",
 ]
 
 PRESET_PACKAGE = "versadiff.configs"
@@ -78,8 +83,10 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     warmup_steps: int = 0  # linear warm-up from 0 to lr, then constant (VDPM / U-ViT)
     grad_accum: int = 1  # micro-batches per optimizer step
-    grad_clip: float | None = 1.0  # max global grad norm; None: no clipping (the norm is still logged)
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    grad_clip: float | None = 1.0  # max global grad norm, > 0; None: no clipping (the norm is still logged)
+    #: auto | no | bf16 | fp16. auto: bf16 where the device runs it natively (CPU with AVX512-BF16/AMX, CUDA
+    #: with bf16), else fp32 (versadiff.precision); the resolved choice is recorded in run.json and stats.jsonl
+    mixed_precision: str = "auto"
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay = min(ema_decay, (1 + n) / (10 + n)), as VDPM
     gradient_checkpointing: bool = False
@@ -146,12 +153,16 @@ class RunConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "diffusion.prediction": ("eps", "x0", "v", "both"),
-    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
 }
 POSITIVE: tuple[str, ...] = ("train.batch_size", "train.max_steps", "train.grad_accum", "train.keep_last",
-                             "train.log_every", "sample.steps", "sample.n")
+                             "train.log_every", "sample.steps", "sample.n", "train.lr", "train.adam_eps",
+                             "train.grad_clip", "diffusion.clip_x0")
 NON_NEGATIVE: tuple[str, ...] = ("train.warmup_steps", "train.sample_every", "train.checkpoint_every",
-                                 "train.num_workers", "diffusion.train_steps", "train.lr", "train.weight_decay")
+                                 "train.num_workers", "diffusion.train_steps", "train.weight_decay")
+#: keys a resumed run may change without --allow-change: they change what is logged/kept, never the maths
+RESUME_HARMLESS: tuple[str, ...] = ("name", "description", "train.log_every", "train.sample_every",
+                                    "train.checkpoint_every", "train.keep_last")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,14 +258,45 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_finite(obj: Any, prefix: str) -> None:
+    """Every number of the typed sections must be finite: NaN/inf would train or sample silently wrong."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(v):
+            _check_finite(v, key + ".")
+            continue
+        for x in (v if isinstance(v, tuple) else (v,)):
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ConfigError(f"config key '{key}' must be a finite number, got {x!r}")
+
+
+def _check_no_nan(value: Any, key: str) -> None:
+    """No NaN anywhere in the free-form sections either (a NaN is never a setting)."""
+    if isinstance(value, float) and value != value:
+        raise ConfigError(f"config key '{key}' must be a number, got nan")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_no_nan(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_no_nan(v, f"{key}[{i}]")
+
+
 def _check_values(cfg: RunConfig) -> None:
+    _check_finite(cfg, "")
+    for name, value in dataclasses.asdict(cfg).items():
+        _check_no_nan(value, name)
     for key, options in CHOICES.items():
         v = _get(cfg, key)
         if v not in options:
             raise ConfigError(f"config key '{key}' must be one of {', '.join(options)}, got {v!r}")
     for key in POSITIVE:
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {_get(cfg, key)!r}")
+        v = _get(cfg, key)
+        if v is not None and v <= 0:
+            hint = " or null (no clipping)" if key == "train.grad_clip" else ""
+            hint = " or null (no clamp)" if key == "diffusion.clip_x0" else hint
+            raise ConfigError(f"config key '{key}' must be > 0{hint}, got {v!r}")
     for key in NON_NEGATIVE:
         if _get(cfg, key) is not None and _get(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)!r}")
@@ -262,6 +304,12 @@ def _check_values(cfg: RunConfig) -> None:
         raise ConfigError(f"config key 'diffusion.p_uncond' must lie in [0, 1), got {cfg.diffusion.p_uncond!r}")
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise ConfigError(f"config key 'train.ema_decay' must lie in [0, 1), got {cfg.train.ema_decay!r}")
+    for i, beta in enumerate(cfg.train.adam_betas):
+        if not 0.0 <= beta < 1.0:
+            raise ConfigError(f"config key 'train.adam_betas' must hold two numbers in [0, 1), got "
+                              f"{list(cfg.train.adam_betas)!r} (item {i})")
+    if not 0.0 <= cfg.diffusion.intp_frac <= 1.0:
+        raise ConfigError(f"config key 'diffusion.intp_frac' must lie in [0, 1], got {cfg.diffusion.intp_frac!r}")
     if not 0.0 < cfg.sample.truncation <= 1.0:
         raise ConfigError(f"config key 'sample.truncation' must lie in (0, 1], got {cfg.sample.truncation!r}")
     _check_shared_sections(cfg)
@@ -393,13 +441,47 @@ def load_config(name_or_path: str | Path, overrides: list[str] | None = None) ->
     return config_from_dict(data)
 
 
-def save_config(cfg: RunConfig, folder: str | Path) -> None:
-    """Write the resolved config as config.yaml and config.json into `folder`."""
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary sibling, fsync it, rename it over `path` (a kill leaves old or new, whole)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_config(cfg: RunConfig, folder: str | Path, *, header: str = "") -> None:
+    """Write the resolved config as config.yaml and config.json into `folder` (each atomically).
+
+    header: comment lines put at the top of config.yaml (e.g. what `mixed_precision: auto` resolved to)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     d = cfg.to_dict()
-    (folder / "config.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
-    (folder / "config.json").write_text(json.dumps(d, indent=2) + "\n")
+    comment = "".join(f"# {line}\n" for line in header.splitlines() if line.strip())
+    _write_atomic(folder / "config.yaml", comment + yaml.safe_dump(d, sort_keys=False))
+    _write_atomic(folder / "config.json", json.dumps(d, indent=2) + "\n")
+
+
+def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = value
+    return out
+
+
+def config_diff(old: RunConfig, new: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every setting that differs; a key absent on one side is None."""
+    a, b = _flatten(old.to_dict(), "", {}), _flatten(new.to_dict(), "", {})
+    keys = list(a) + [k for k in b if k not in a]
+    return [(k, a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)]
+
+
+def key_allowed(key: str, allowed: list[str] | tuple[str, ...]) -> bool:
+    """Whether `key` is one of `allowed` or lies under one of them (train.max_steps under train)."""
+    return any(key == a or key.startswith(a + ".") for a in allowed)
 
 
 def format_config(cfg: RunConfig) -> str:

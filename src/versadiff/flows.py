@@ -117,15 +117,26 @@ class BoundFlow:
         return None if self.flow.context is None else MODALITIES.get(self.flow.context).batch_key
 
     @torch.no_grad()
-    def contexts(self, inputs: Sequence[Any] | Tensor | None, batch: int, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
-        """(context, null context) of `batch` samples on `device`; inputs None: the null context for all."""
+    def contexts(self, inputs: Sequence[Any] | Tensor | None, batch: int, device: torch.device,
+                 cache: dict[Any, Tensor] | None = None) -> tuple[Tensor | None, Tensor | None]:
+        """(context, null context) of `batch` samples on `device`; inputs None: the null context for all.
+
+        cache: shared by the flows of one batch, so each context modality is encoded once (and each null once).
+        """
         if self.encoder is None:
             if inputs is not None:
                 raise ValueError(f"flow {self.name!r} is unconditional: drop the context")
             return None, None
-        null = self.encoder.null(batch, self.flow.null).to(device)
-        ctx = null if inputs is None else self.encoder.encode(inputs).to(device)
-        return ctx, null
+        cache = {} if cache is None else cache
+        f = self.flow
+        if ("null", f.context, f.null) not in cache:
+            cache[("null", f.context, f.null)] = self.encoder.null(batch, f.null).to(device)
+        null = cache[("null", f.context, f.null)]
+        if inputs is None:
+            return null, null
+        if ("context", f.context) not in cache:
+            cache[("context", f.context)] = self.encoder.encode(inputs).to(device)
+        return cache[("context", f.context)], null
 
     def condition(self, net: nn.Module, context: Tensor | None) -> dict[str, Any]:
         return network_condition(net, self.flow, context, self.encoder.cond_key if self.encoder else "context")

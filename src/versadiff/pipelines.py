@@ -122,6 +122,9 @@ class Pipeline:
         steps = s.steps if steps is None else steps
         if isinstance(steps, bool) or int(steps) != steps or steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+        for key, value in options.items():  # inf may be meaningful (EDM's s_tmax), NaN never is
+            if isinstance(value, float) and value != value:
+                raise ValueError(f"sampler option {key!r} must be a number, got nan")
         options = self.sampling.options(sampler, int(steps), truncation, {**s.options, **options})
         inputs = _per_seed(context, len(seeds), "class labels" if bound.flow.context == "class" else
                            f"{bound.flow.context} contexts")

@@ -62,7 +62,7 @@ class TextVAEConfig(ComponentConfig):
     max_encoder_length: word-pieces per text (77, VD v1.0); max_decoder_length: GPT-2 tokens per training text
     (<BOS> and <EOS> included). Training: beta (the top of the schedule), kl_cycles, kl_ratio_increase,
     kl_ratio_zero (Optimus' frange_cycle_zero_linear), free_bits (Optimus' dim_target_kl; 0 disables),
-    length_weighted (divide rec by the number of target tokens).
+    length_weighted (divide rec by the number of target tokens), word_dropout, ae_warmup.
     """
 
     type_name = "text_vae"
@@ -91,6 +91,12 @@ class TextVAEConfig(ComponentConfig):
     kl_ratio_zero: float = 0.25
     free_bits: float = 0.5
     length_weighted: bool = False
+    #: training only: the probability of replacing each decoder input token after <BOS> by <PAD>, so the decoder
+    #: must read the words from the latent (word dropout, Bowman et al. 2016, against KL vanishing); Optimus: 0
+    word_dropout: float = 0.0
+    #: training only: while beta is 0 (the autoencoder phase of the KL schedule) decode the mean, not a sample,
+    #: so the decoder learns to read the latent before the posterior noise is trained down; Optimus: False
+    ae_warmup: bool = False
 
     @classmethod
     def optimus(cls, **overrides: Any) -> "TextVAEConfig":
@@ -391,8 +397,15 @@ class TextVAE(nn.Module):
         dec_ids, dec_mask = dec_ids.to(mu.device), dec_mask.to(mu.device)
         std = (0.5 * logvar).exp()
         eps = torch.randn(mu.shape, generator=generator, device=generator.device if generator is not None else mu.device)
-        z = mu + eps.to(mu.device) * std
-        logits = self.decoder(dec_ids, z)
+        z = mu if (cfg.ae_warmup and beta == 0) else mu + eps.to(mu.device) * std
+        inputs = dec_ids
+        if self.training and cfg.word_dropout > 0:
+            drop = torch.rand(dec_ids.shape, generator=generator,
+                              device=generator.device if generator is not None else dec_ids.device).to(dec_ids.device)
+            drop = (drop < cfg.word_dropout) & (dec_mask == 1)
+            drop[:, 0] = False  # keep <BOS>
+            inputs = dec_ids.masked_fill(drop, self.gpt2_tokenizer.pad_id)
+        logits = self.decoder(inputs, z)
         target = dec_ids[:, 1:].masked_fill(dec_mask[:, 1:] == 0, -100)
         ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="none")
         rec = ce.view(target.shape).sum(dim=1)

@@ -4,6 +4,10 @@
     versadiff eval --images samples/ --ref data.yaml --metrics fid --out report.json
     versadiff eval --ref data.yaml --metrics fid,pr --save-ref ref.npz --out ref.json   (reference statistics only)
     accelerate launch --num_processes 8 -m versadiff.cli eval CHECKPOINT ...   (seed range split across GPUs)
+
+Every output (--out, --save-ref) and the sampling request are checked before any work: an existing report or
+statistics file is refused, and with --force replaced only when versadiff wrote it. --precision (default auto:
+bf16 where the device runs it natively, else fp32) applies to sampling only, never to the feature extractors.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register_eval_command", "cmd_eval"]
+__all__ = ["register_eval_command", "cmd_eval", "check_sampling_options", "check_outputs"]
 
 TRAIN_DATA = "train-data"
 
@@ -56,7 +60,11 @@ def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--kid-subset-size", type=int, default=1000)
     e.add_argument("--cache", metavar="DIR", help="cache reference statistics computed from datasets here")
     e.add_argument("--save-ref", metavar="OUT.npz", help="also write the computed reference statistics here")
-    e.add_argument("--out", required=True, metavar="REPORT.json", help="where to write the JSON report")
+    e.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
+                   help="sampling precision: auto (default; bf16 where the device runs it natively, else fp32), no "
+                        "(fp32), bf16, fp16 (GPU only); metrics are always computed in fp32")
+    e.add_argument("--out", required=True, metavar="REPORT.json", help="where to write the JSON report (a new file)")
+    e.add_argument("--force", action="store_true", help="replace an existing versadiff report / statistics file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
     return e
@@ -81,6 +89,102 @@ def _read_prompts(path: str | None) -> list[str] | None:
     if not p.is_file():
         raise FileNotFoundError(f"prompts file {p} not found; give a text file with one prompt per line")
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+def check_sampling_options(args: argparse.Namespace) -> None:
+    """The numbers of `sample` / `eval` options, before anything is loaded: one line naming the option."""
+    import math
+
+    n = getattr(args, "n", None)
+    if n is not None and n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if getattr(args, "batch_size", 1) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if getattr(args, "steps", None) is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    g = getattr(args, "guidance", None)
+    if g is not None and not math.isfinite(g):
+        raise ValueError(f"--guidance must be a finite number, got {g}")
+    r = getattr(args, "truncation", None)
+    if r is not None and not 0.0 < r <= 1.0:
+        raise ValueError(f"--truncation must lie in (0, 1], got {r}")
+    seed = getattr(args, "seed", 0)
+    if seed is not None and not -(2**63) <= seed <= 2**64 - 1 - (n or 1):
+        raise ValueError(f"--seed must lie in [-2**63, 2**64 - n), got {seed}")
+
+
+def _is_report(path: Path) -> bool:
+    """A JSON report `versadiff eval` wrote (metrics or reference statistics, with library versions)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and "versions" in data and ("metrics" in data or "reference_statistics" in data)
+
+
+def _is_stats(path: Path) -> bool:
+    """A statistics .npz versadiff wrote (mu, sigma, n, feature)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {"mu", "sigma", "n", "feature"} <= set(z.files)
+    except Exception:
+        return False
+
+
+def _check_output(path: Path, option: str, force: bool, ours: Any, what: str) -> None:
+    from versadiff.errors import OutputExistsError
+
+    if path.is_dir():
+        raise OutputExistsError(f"{option} {path} is a folder; give a file name")
+    anc = path.parent if str(path.parent) else Path(".")
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise OutputExistsError(f"{option} {path}: {anc} is a file, not a folder")
+    if not path.exists():
+        return
+    if not force:
+        raise OutputExistsError(f"{option} {path} exists; choose another name, or add --force to replace it (only a "
+                                f"{what} versadiff wrote is ever replaced)")
+    if not ours(path):
+        raise OutputExistsError(f"{option} {path} exists and is not a {what} versadiff wrote; refusing to replace it "
+                                "even with --force")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and every --save-ref file, before any work."""
+    from .evaluate import METRICS, _save_path, parse_metrics
+
+    _check_output(Path(args.out), "--out", args.force, _is_report, "report")
+    if args.save_ref is not None:
+        if not str(args.save_ref).endswith(".npz"):
+            raise ValueError(f"--save-ref {args.save_ref}: statistics files end in .npz")
+        metrics = parse_metrics(args.metrics, args.domain)
+        keys = sorted({METRICS[m][0] for m in metrics if m in METRICS})
+        for key in keys or [None]:
+            path = _save_path(args.save_ref, key, metrics) if key else Path(args.save_ref)
+            if path is not None:
+                _check_output(Path(path), "--save-ref", args.force, _is_stats, "statistics file")
+
+
+def _with_precision(model: Any, precision: str, device: Any) -> Any:
+    """`model` whose generate() runs under autocast at `precision` (the feature extractors stay fp32)."""
+    from versadiff.precision import autocast
+
+    if precision == "no":
+        return model
+    generate = model.generate
+
+    def generate_at_precision(*args: Any, **kw: Any) -> Any:
+        with autocast(precision, kw.get("device", device)):
+            return generate(*args, **kw)
+
+    model.generate = generate_at_precision
+    return model
 
 
 def _reference_only(args: argparse.Namespace, device: str) -> int:
@@ -108,8 +212,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import (DatasetSource, EvalOptions, GeneratorSource, _state, evaluate, open_source,
                            parse_metrics, write_report)
 
+    from versadiff.precision import resolve_device, resolve_precision
+
+    check_sampling_options(args)
+    check_outputs(args)  # nothing is computed before every output path is known to be writable and new
     state = _state()
-    device = args.device or str(state.device)
+    device = str(resolve_device(args.device)) if args.device else str(state.device)
     if args.checkpoint is None and args.images is None and args.save_ref is not None:
         return _reference_only(args, device)
     if (args.checkpoint is None) == (args.images is None):
@@ -123,11 +231,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("--n is required with a CHECKPOINT (number of samples to generate)")
         if args.labels is not None:
             raise ValueError("--labels only applies to --images; a checkpoint's samples cycle through the classes")
+        precision, why = resolve_precision(args.precision, device, key="--precision")
         model = load_model(args.checkpoint, device=device)
         d, mode = _domain_defaults(model)
         domain, fmnist_input = domain or d, fmnist_input or mode
         source = GeneratorSource(model, args.n, seed=args.seed, sampler=args.sampler, steps=args.steps,
                                  guidance=args.guidance, truncation=args.truncation, device=device)
+        extra = {} if args.truncation is None else {"truncation": args.truncation}
+        model.request(list(range(args.seed, args.seed + min(args.n, args.batch_size))), sampler=source.sampler,
+                      steps=source.steps, guidance=source.guidance, batch_size=args.batch_size,
+                      class_labels=None if source.labels is None else source.labels[: min(args.n, args.batch_size)],
+                      **extra)  # a bad sampler / guidance fails here, not after the feature extractors loaded
+        _with_precision(model, precision, device)
+        source.description["precision"] = precision
         # the training data as the network saw it, minus the random flips (a reference is not augmented)
         train_data = {k: v for k, v in dict(model.config.data).items() if k != "hflip"}
         for r in args.ref:
@@ -135,6 +251,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         if any(v is not None for v in (args.sampler, args.steps, args.guidance, args.truncation)):
             raise ValueError("--sampler / --steps / --guidance / --truncation only apply when sampling a CHECKPOINT")
+        if args.precision not in ("auto", "no"):
+            raise ValueError("--precision only applies when sampling a CHECKPOINT")
         if TRAIN_DATA in args.ref:
             raise ValueError(f"--ref {TRAIN_DATA} needs a CHECKPOINT; with --images give the dataset itself")
         source = open_source(args.images, n=args.n, labels=args.labels)
@@ -155,16 +273,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m versadiff.eval.cli ...` runs the eval command alone (same errors as `versadiff eval`)."""
+    import os
     import sys
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = bool(os.environ.get("VERSADIFF_DEBUG")) or "--debug" in argv
     p = argparse.ArgumentParser(prog="versadiff")
     register_eval_command(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
+    args = p.parse_args(["eval", *[a for a in argv if a != "--debug"]])
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"versadiff: error: {' '.join(str(e).split())}\n")
-        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("versadiff: interrupted\n")
+        return 130
+    except Exception as e:
+        if debug:
+            raise
+        from versadiff.errors import report_error
+
+        return report_error(e)
 
 
 if __name__ == "__main__":

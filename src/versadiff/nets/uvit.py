@@ -52,6 +52,7 @@ class UViTConfig(NetConfig):
     qkv_bias: bool = False
     mlp_time_embed: bool = False
     num_classes: int = 0  # >0: label token, Embedding(num_classes + 1), null row last
+    null_class: bool = True  # False: Embedding(num_classes, D) without the null row (U-ViT's ImageNet-64 models)
     context_dim: int | None = None  # set: context tokens via Linear(context_dim, D)
     num_context_tokens: int = 77
     conv_head: bool = True  # final 3x3 conv (False for the H configs)
@@ -137,7 +138,7 @@ class UViT(CheckpointMixin, nn.Module):
             nn.Sequential(nn.Linear(d, 4 * d), nn.SiLU(), nn.Linear(4 * d, d)) if cfg.mlp_time_embed else nn.Identity()
         )
         if cfg.num_classes:
-            self.label_emb = nn.Embedding(cfg.num_classes + 1, d)
+            self.label_emb = nn.Embedding(cfg.num_classes + int(cfg.null_class), d)
         if cfg.context_dim:
             self.context_embed = nn.Linear(cfg.context_dim, d)
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.extras + cfg.num_patches, d))
@@ -175,7 +176,10 @@ class UViT(CheckpointMixin, nn.Module):
         time = self.time_embed(time)
         parts = [time[:, None].to(patches.dtype)]
         if cfg.num_classes:
-            label = self.label_emb(class_indices(class_labels, cfg.num_classes, b, x.device))
+            idx = class_indices(class_labels, cfg.num_classes, b, x.device)
+            if not cfg.null_class and x.device.type != "meta" and bool((idx == cfg.num_classes).any()):
+                raise ValueError("this U-ViT has no null class (null_class=False): pass labels 0..K-1, no -1 / None")
+            label = self.label_emb(idx)
             parts.insert(0, label[:, None].to(patches.dtype))
         if cfg.context_dim:
             want = (b, cfg.num_context_tokens, cfg.context_dim)

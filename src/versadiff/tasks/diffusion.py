@@ -106,10 +106,14 @@ class DiffusionTask(Task):
 
     def losses(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> Tensor:
         total = None
+        data: dict[str, Tensor] = {}  # each modality is encoded once per batch, whichever flows share it
+        cache: dict[Any, Tensor] = {}
         for flow in self.flows:
-            x = self.flow_data(flow, batch)
+            if flow.flow.data not in data:
+                data[flow.flow.data] = self.flow_data(flow, batch)
+            x = data[flow.flow.data]
             inputs = None if flow.context_key is None else batch[flow.context_key]
-            ctx, null = flow.contexts(inputs, x.shape[0], self.device)
+            ctx, null = flow.contexts(inputs, x.shape[0], self.device, cache)
             cond, null_cond = flow.condition(self.net, ctx), flow.condition(self.net, null)
             losses = self.flow_losses(model, flow, x, cond, null_cond, generator)
             if len(self.flows) > 1:

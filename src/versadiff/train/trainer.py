@@ -4,14 +4,27 @@ One optimizer step = `grad_accum` micro-batches of `batch_size` images on each p
 permutation drawn from (seed, epoch), split across processes, and the diffusion noise comes from a dedicated
 torch.Generator; both are checkpointed, so a resumed run continues exactly where the interrupted one stopped
 (bitwise on CPU).
+
+Reliability rules (README "Runs are never overwritten"):
+  * `--out` must be a new or empty folder, or the folder of the run being resumed; `force=True` starts over in
+    a used folder after moving its previous run files into `replaced-<time>/` inside it (nothing is deleted).
+  * Everything that can fail is checked before step 0: the config, the data, the training-time sample grid
+    (sampler, guidance against the model: Pipeline.request), the device and precision, the output folder.
+  * A resumed run uses the config recorded in its checkpoint; a different config is refused with the keys that
+    differ unless they are allowed (`allow_change`, plus RESUME_HARMLESS: logging / checkpoint cadence). A damaged
+    latest checkpoint (manifest sha256) is set aside with a warning and the previous good one is used.
+  * A NaN/inf loss or gradient norm stops training before the update is applied (TrainingDivergedError); the last
+    checkpoint stays the last good one, and no checkpoint with non-finite weights is ever written.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -22,15 +35,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from versadiff.config import RunConfig, save_config
+from versadiff.config import (RESUME_HARMLESS, ConfigError, RunConfig, apply_overrides, config_diff,
+                              config_from_dict, key_allowed, save_config)
+from versadiff.errors import CheckpointError, OutputExistsError, TrainingDivergedError
 from versadiff.images import save_grid
 from versadiff.train import checkpoint as ck
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger
-from versadiff.train.rundir import RUN_SUBDIRS, new_run_dir
+from versadiff.train.rundir import RUN_FILES, RUN_SUBDIRS, move_run_files_aside, new_run_dir
 from versadiff.weights import CONFIG_KEY, INFO_KEY
 
-__all__ = ["Trainer", "train", "export_weights", "resolve_resume", "param_groups"]
+__all__ = ["Trainer", "train", "export_weights", "resolve_resume", "resume_config", "param_groups"]
 
 
 def _seed_for(*parts: int) -> int:
@@ -63,24 +78,109 @@ def _check_data(cfg: RunConfig) -> None:
         raise ValueError("this preset reads a folder of images: set data.root=... (a folder of class sub-folders)")
 
 
-def resolve_resume(resume: str | bool | None, run_dir: Path | None) -> Path | None:
-    """The checkpoint to resume from: a given path, or the latest checkpoint of `run_dir`."""
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+_VERIFIED: dict[str, tuple] = {}  # checkpoints verified in this process (path -> manifest stat), not re-hashed
+
+
+def _verified(path: Path) -> Path:
+    """`path` after verify_checkpoint (once per process and manifest version)."""
+    m = path / ck.MANIFEST
+    key = (m.stat().st_mtime_ns, m.stat().st_size) if m.is_file() else None
+    if key is None or _VERIFIED.get(str(path.resolve())) != key:
+        ck.verify_checkpoint(path)
+        if key is not None:
+            _VERIFIED[str(path.resolve())] = key
+    return path
+
+
+def _latest_good(folder: Path, tidy: bool = True) -> Path | None:
+    """The newest checkpoint of a run's checkpoints/ that verifies (with a warning for each damaged newer one);
+    with `tidy`, damaged ones are set aside (damaged-step-*) and what killed writes/deletes left is removed."""
+    tidy = tidy and _is_main_process()  # one process renames and removes; the others only read
+    if tidy:
+        ck.clean_checkpoints(folder)
+    good = ck.latest_good_checkpoint(folder, quarantine=tidy)
+    m = good / ck.MANIFEST if good is not None else None
+    if m is not None and m.is_file():
+        _VERIFIED[str(good.resolve())] = (m.stat().st_mtime_ns, m.stat().st_size)
+    return good
+
+
+def resolve_resume(resume: str | bool | None, run_dir: Path | None, *, tidy: bool = True) -> Path | None:
+    """The checkpoint to resume from: a given checkpoint (verified), or the newest good checkpoint of a run
+    folder (`resume` itself, or `run_dir` when resume is True). tidy=False changes nothing on disk (dry runs)."""
     if resume is None or resume is False:
         return None
     if resume is True or resume == "":
         if run_dir is None:
             raise ValueError("--resume without a path needs --out RUN_FOLDER (the run to continue)")
-        latest = ck.latest_checkpoint(run_dir / "checkpoints")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise OutputExistsError(f"--out {run_dir} is a file, not a run folder")
+        latest = _latest_good(run_dir / "checkpoints", tidy)
         if latest is None:
-            raise FileNotFoundError(f"no checkpoint to resume in {run_dir / 'checkpoints'}; drop --resume to start fresh")
+            hint = ("start over there with --force (its files are moved aside, nothing is deleted) or choose "
+                    "another --out" if run_dir.is_dir() and any(run_dir.iterdir()) else "drop --resume to start fresh")
+            raise FileNotFoundError(f"no checkpoint to resume in {run_dir / 'checkpoints'}; {hint}")
         return latest
     p = Path(resume)
+    if p.is_dir() and p.name.startswith("step-") and (p / "state.json").exists():
+        return _verified(p)
     if ck.is_checkpoint(p):
-        return p
-    latest = ck.latest_checkpoint(p / "checkpoints")
+        return _verified(p)
+    latest = _latest_good(p / "checkpoints", tidy) if (p / "checkpoints").is_dir() else None
     if latest is not None:
         return latest
-    raise FileNotFoundError(f"--resume {p}: not a checkpoint directory nor a run folder with checkpoints/")
+    raise FileNotFoundError(f"--resume {p}: not a checkpoint directory nor a run folder with a good checkpoint in "
+                            "checkpoints/")
+
+
+def _checkpoint_meta(path: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """(config, info) recorded in a checkpoint's weights."""
+    from versadiff.weights import read_metadata
+
+    return read_metadata(path / "model.safetensors")
+
+
+def resume_config(resume: str | bool | None, out: str | Path | None,
+                  overrides: list[str] | tuple[str, ...] = (), *, tidy: bool = True) -> tuple[Path, RunConfig]:
+    """(checkpoint, config) for `--resume` without a CONFIG: the run's own config as its checkpoint recorded it,
+    with `overrides` (--set) applied on top (the trainer then refuses any change that is not allowed)."""
+    from versadiff.tasks import check_config
+
+    path = resolve_resume(True if resume in (None, "") else resume, Path(out) if out is not None else None,
+                          tidy=tidy)
+    cfg, _ = _checkpoint_meta(path)
+    if overrides:
+        cfg = config_from_dict(apply_overrides(cfg.to_dict(), list(overrides)))
+    return path, check_config(cfg)
+
+
+def _short(v: Any, n: int = 40) -> str:
+    text = json.dumps(v) if not isinstance(v, str) else repr(v)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+class _SampleGridChecked(Exception):
+    """Raised by the request-only stand-in once the training-time grid's generate() call has been checked."""
+
+
+class _RequestOnly:
+    """A Pipeline whose generate() only checks its arguments (Pipeline.request) and then stops the grid."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self._pipeline = pipeline
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+    def generate(self, seeds: Any, *, device: Any = None, progress: bool = False, **kw: Any) -> Any:
+        self._pipeline.request(seeds, **kw)
+        raise _SampleGridChecked
 
 
 class Trainer:
@@ -88,39 +188,73 @@ class Trainer:
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: RunConfig | None,
         *,
         out: str | Path | None = None,
         runs_root: str | Path = "runs",
         resume: str | bool | None = None,
         quiet: bool = False,
+        force: bool = False,
+        allow_change: list[str] | tuple[str, ...] = (),
     ) -> None:
-        from accelerate import Accelerator
+        """cfg: the run's config; None with `resume`: the config the checkpoint recorded. out: the run folder
+        (new, empty, or the run to resume). resume: True (the newest good checkpoint of `out`), a checkpoint or
+        a run folder. force: start over in a used `out` (its run files are moved aside). allow_change: config
+        keys (or sections) a resumed run may change, besides RESUME_HARMLESS."""
+        from accelerate import Accelerator, PartialState
         from accelerate.state import AcceleratorState
 
         from versadiff.data import build_dataset
+        from versadiff.precision import resolve_precision
         from versadiff.tasks import build_task, check_config, task_class
+
+        self.quiet = quiet
+        run_dir = Path(out) if out is not None else None
+        self.resume_from = resolve_resume(resume, run_dir)
+        ckpt_info: dict[str, Any] = {}
+        self.changes: list[tuple[str, Any, Any]] = []
+        if self.resume_from is not None:
+            ckpt_cfg, ckpt_info = _checkpoint_meta(self.resume_from)
+            cfg = ckpt_cfg if cfg is None else cfg
+            self.changes = _check_resume_config(ckpt_cfg, cfg, self.resume_from, allow_change)
+        elif cfg is None:
+            raise ValueError("no config given: name a preset or YAML file, or --resume a run")
+        if run_dir is None and self.resume_from is not None:
+            run_dir = self.resume_from.parent.parent
+        resuming_here = self.resume_from is not None and run_dir is not None and \
+            self.resume_from.parent.parent.resolve() == run_dir.resolve()
+        self._move_aside = _check_out_dir(run_dir, resuming_here, force) if run_dir is not None else False
+        if resuming_here:
+            StatsLogger.entries(run_dir / "stats.jsonl", warn=False)  # a damaged log stops the resume before any write
 
         task_class(check_config(cfg).task).check_run(cfg)
         _check_data(cfg)
         self.cfg, tc = cfg, cfg.train
-        if not torch.cuda.is_available() and tc.mixed_precision == "fp16":
-            raise ValueError("mixed_precision fp16 needs a GPU; on CPU use --set train.mixed_precision=bf16 or no")
+        # The precision: `auto` resolves on this device (versadiff.precision); a resumed run keeps the one it
+        # started with (its checkpoint records it), so that it continues bit for bit.
+        device = PartialState().device
+        if tc.mixed_precision == "auto" and ckpt_info.get("mixed_precision") in ("no", "bf16", "fp16"):
+            self.precision = ckpt_info["mixed_precision"]
+            self.precision_reason = "auto, as resolved when the run started (recorded in its checkpoint)"
+            if self.precision == "fp16" and device.type != "cuda":
+                raise ValueError(f"{self.resume_from} was trained with fp16 on a GPU; resume it on a GPU")
+        else:
+            self.precision, self.precision_reason = resolve_precision(tc.mixed_precision, device)
         # accelerate keeps one process-wide state that refuses a second, different precision; a run's
         # config is the authority, so reset it (the distributed PartialState is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = acc = Accelerator(mixed_precision=tc.mixed_precision)
+        self.accelerator = acc = Accelerator(mixed_precision=self.precision)
         self.rank, self.world = acc.process_index, acc.num_processes
-        self.quiet = quiet
-        run_dir = Path(out) if out is not None else None
-        self.resume_from = resolve_resume(resume, run_dir)
-        if self.resume_from is None and run_dir is not None and ck.latest_checkpoint(run_dir / "checkpoints"):
-            raise ValueError(f"{run_dir} already holds a run with checkpoints; add --resume to continue it "
-                             "or choose another --out")
 
         # Everything that can reject the config is built before a run folder is created.
         self._seed_globals(_seed_for(tc.seed, self.rank))
-        self.dataset = build_dataset(cfg.data, needs_text=_needs_text(cfg))
+        try:
+            self.dataset = build_dataset(cfg.data, needs_text=_needs_text(cfg))
+        except ValueError as e:  # say which section a reader's message is about
+            if type(e) not in (ValueError, ConfigError) or "data" in str(e):
+                raise
+            raise ConfigError(f"config section 'data' ({cfg.data.get('name', '?')}): {' '.join(str(e).split())}") \
+                from None
         # Streamed datasets (webdataset shards) have no length and no random access: each rank reads its own
         # shards, starts its next epoch on its own when they run out, and resumes at a shard boundary.
         self.streaming = isinstance(self.dataset, IterableDataset)
@@ -149,31 +283,90 @@ class Trainer:
         self.noise_gen.manual_seed(_seed_for(tc.seed, self.rank, 2))
         self.step, self.epoch, self.position = 0, 0, 0
         self._seed_globals(_seed_for(tc.seed, self.rank, 3))
+        self._check_sample_grid()  # the grid at the end must not be what fails a finished run
         if self.resume_from is not None:
             self._load(self.resume_from)
 
-        # Run folder: --out names it (a resumed run keeps its folder); otherwise a new numbered one.
-        if run_dir is None and self.resume_from is not None:
-            run_dir = self.resume_from.parent.parent
+        # Run folder: --out names it (a resumed run keeps its folder); otherwise a new numbered one. Nothing is
+        # created before every check above passed (on every process).
+        acc.wait_for_everyone()
         if run_dir is None:
             if acc.is_main_process:
                 run_dir = new_run_dir(runs_root, cfg.name, self._desc())
             run_dir = Path(self._broadcast(str(run_dir) if run_dir else None))
         self.run_dir = run_dir
+        self._stats_started = False
         if acc.is_main_process:
+            if self._move_aside:
+                moved = move_run_files_aside(run_dir)
+                if not quiet:
+                    _note(f"--force: moved the previous run files of {run_dir} to {moved}")
             for sub in RUN_SUBDIRS:
                 (run_dir / sub).mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir)
+            ck.clean_checkpoints(run_dir / "checkpoints")
+            _clean_temporaries(run_dir)
+            save_config(cfg, run_dir, header=f"train.mixed_precision: {tc.mixed_precision} -> resolved "
+                                             f"{self.precision} ({self.precision_reason})")
+            self._write_run_json()
         self.logger = StatsLogger(run_dir) if acc.is_main_process else None
         if self.logger is not None:
             self.logger.truncate_after(self.step)
+        if acc.is_main_process and not quiet:
+            what = f"resuming {self.resume_from} at step {self.step}" if self.resume_from else "training"
+            _note(f"{what} in {run_dir}: mixed precision {self.precision} ({self.precision_reason})")
+            for key, old, new in self.changes:
+                _note(f"resume changes {key}: {_short(old)} -> {_short(new)}")
+
+    def _write_run_json(self) -> None:
+        """run.json: the resolved precision and device, and every start / resume with the changes it allowed."""
+        path = self.run_dir / "run.json"
+        record: dict[str, Any] = {}
+        if path.is_file() and self.resume_from is not None:
+            try:
+                record = json.loads(path.read_text())
+            except ValueError:
+                record = {}
+        record.update({"format": "versadiff-run-1", "mixed_precision": self.cfg.train.mixed_precision,
+                       "mixed_precision_resolved": self.precision, "mixed_precision_reason": self.precision_reason,
+                       "device": str(self.accelerator.device), "num_processes": self.world})
+        record.setdefault("sessions", []).append({
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
+            "resumed_from": str(self.resume_from) if self.resume_from else None,
+            "changed": {k: [old, new] for k, old, new in self.changes}, "mixed_precision_resolved": self.precision})
+        from versadiff.weights import write_bytes_durable
+
+        write_bytes_durable(path, (json.dumps(record, indent=2) + "\n").encode())
+
+    def _check_sample_grid(self) -> None:
+        """Check the training-time sample grid's generate() call (the run's `sample` section against this model:
+        sampler, steps, guidance on an unconditional model, ...) without sampling anything."""
+        real = self.task.loaded
+
+        def request_only(*args: Any, **kw: Any) -> Any:
+            model = real(*args, **kw)
+            if not hasattr(model, "request"):  # e.g. an autoencoder: its grid is a reconstruction, nothing to check
+                raise _SampleGridChecked
+            return _RequestOnly(model)
+
+        self.task.loaded = request_only
+        try:
+            with torch.random.fork_rng(devices=[]):
+                self.task.sample_grid(self.ema_net, self.info, "")
+        except _SampleGridChecked:
+            pass
+        except ValueError as e:
+            text = " ".join(str(e).split()).replace("set guidance to 0", "set sample.guidance=0")
+            raise ConfigError(f"the training-time sample grid (config section 'sample') would fail at the end of the "
+                              f"run: {text}") from None
+        finally:
+            del self.task.loaded
 
     # -- setup helpers -------------------------------------------------------------------------
 
     def _desc(self) -> str:
         tc = self.cfg.train
         model = self.cfg.model.get("preset") or self.cfg.model.get("type") or "net"
-        precision = "fp32" if tc.mixed_precision == "no" else tc.mixed_precision
+        precision = "fp32" if self.precision == "no" else self.precision
         return f"{model}-bs{tc.batch_size * tc.grad_accum * self.world}-{precision}"
 
     def _broadcast(self, value: Any) -> Any:
@@ -196,7 +389,8 @@ class Trainer:
     @property
     def info(self) -> dict[str, Any]:
         """Model facts stored next to the config in every weight file."""
-        return {**self.task.info(), "step": self.step, "format": "versadiff-weights-1", "task": self.cfg.task}
+        return {**self.task.info(), "step": self.step, "format": "versadiff-weights-1", "task": self.cfg.task,
+                "mixed_precision": self.precision}
 
     def _metadata(self) -> dict[str, str]:
         return {CONFIG_KEY: json.dumps(self.cfg.to_dict()), INFO_KEY: json.dumps(self.info)}
@@ -256,6 +450,8 @@ class Trainer:
         self.model.train()
         batches = self._batches()
         bar = self._progress(stop)
+        # without a terminal (nohup, Slurm, CI) a plain line every log_every steps instead of a progress bar
+        console = bar is None and not self.quiet and acc.is_main_process
         # throughput counts training-step time only (not sampling or checkpoint writes)
         window_loss, window_n, busy, imgs = 0.0, 0, 0.0, 0
         while self.step < stop:
@@ -269,9 +465,18 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}")
             if self.step % tc.log_every == 0 or self.step == stop:
-                self._log({"loss": window_loss / window_n, "lr": self.scheduler.get_last_lr()[0],
-                           "grad_norm": grad_norm, "img_per_s": imgs / max(busy, 1e-9), "epoch": self.epoch,
-                           **self.task.log_stats(), **self._data_stats()})
+                stats = {"loss": window_loss / window_n, "lr": self.scheduler.get_last_lr()[0],
+                         "grad_norm": grad_norm, "img_per_s": imgs / max(busy, 1e-9), "epoch": self.epoch,
+                         **self.task.log_stats(), **self._data_stats()}
+                if not self._stats_started:  # the first line of every (re)start says how it computes
+                    stats["mixed_precision_resolved"] = self.precision
+                    self._stats_started = True
+                self._log(stats)
+                if console:
+                    sys.stderr.write(f"{self.cfg.name} step {self.step}/{stop} loss {stats['loss']:.4f} "
+                                     f"lr {stats['lr']:.3g} grad_norm {grad_norm:.3g} "
+                                     f"{stats['img_per_s']:.1f} img/s\n")
+                    sys.stderr.flush()
                 window_loss, window_n, busy, imgs = 0.0, 0, 0.0, 0
             if tc.sample_every and self.step % tc.sample_every == 0:
                 self.save_samples()
@@ -309,12 +514,26 @@ class Trainer:
                     p.grad.mul_(mult)
         max_norm = tc.grad_clip if tc.grad_clip else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        # a NaN/inf loss or gradient stops the run before the update (fp16's scaler skips inf steps itself)
+        loss_value, norm_value = float(total), float(grad_norm)
+        if not math.isfinite(loss_value) or (acc.scaler is None and not math.isfinite(norm_value)):
+            self._diverged(loss_value, norm_value)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.net)
         total = acc.reduce(total.reshape(1), reduction="mean") if self.world > 1 else total
         return float(total), float(grad_norm)
+
+    def _diverged(self, loss: float, grad_norm: float) -> None:
+        last = ck.latest_checkpoint(self.run_dir / "checkpoints")
+        if self.logger is not None:
+            self.logger.close()
+        where = (f"the last checkpoint {last} (step {int(last.name.split('-')[1])}) is good: continue from it with "
+                 "--resume --allow-change train.lr --set train.lr=... (lower)" if last is not None else
+                 "no checkpoint was written yet: lower train.lr (or set train.grad_clip) and start over with --force")
+        raise TrainingDivergedError(f"training diverged at step {self.step + 1}: loss {loss}, gradient norm "
+                                    f"{grad_norm}; stopped before applying it. {where}")
 
     def _progress(self, stop: int):
         if self.quiet or not self.accelerator.is_main_process or not sys.stderr.isatty():
@@ -369,6 +588,11 @@ class Trainer:
         path = None
         if acc.is_main_process:
             net = self.net
+            for what, tensors in (("network", net.state_dict()), ("EMA", self.ema.state_dict())):
+                bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+                if bad is not None:
+                    raise TrainingDivergedError(f"the {what} weights hold NaN/inf ({bad}) at step {self.step}; no "
+                                                "checkpoint written, the last one on disk is the last good one")
             meta = self._metadata()
             state = {"step": self.step, "epoch": self.epoch, "position": self.position,
                      "ema_updates": self.ema.num_updates, "world_size": self.world}
@@ -390,7 +614,7 @@ class Trainer:
 
     def _load(self, path: Path) -> None:
         acc = self.accelerator
-        state = json.loads((path / "state.json").read_text())
+        state = ck.read_json(path / "state.json")
         if state.get("world_size", 1) != self.world:
             raise ValueError(f"{path} was written by {state.get('world_size')} processes, this run has {self.world}; "
                              "resume with the same number of processes")
@@ -401,9 +625,20 @@ class Trainer:
             first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
             raise ValueError(f"{path} does not fit this config's network ({first}); "
                              "resume with the config the run was started with") from None
-        self.ema.load_state_dict(ck.load_tensors(path / "ema.safetensors"), state["ema_updates"])
-        self.optimizer.load_state_dict(ck.load_torch(path / "optimizer.pt"))
-        self.scheduler.load_state_dict(ck.load_torch(path / "scheduler.pt"))
+        try:
+            self.ema.load_state_dict(ck.load_tensors(path / "ema.safetensors"), state["ema_updates"])
+        except (KeyError, RuntimeError) as e:
+            raise CheckpointError(f"{path}: EMA state does not load ({type(e).__name__}: {e}); use an earlier "
+                                  "checkpoint") from None
+        try:
+            self.optimizer.load_state_dict(ck.load_torch(path / "optimizer.pt"))
+            self.scheduler.load_state_dict(ck.load_torch(path / "scheduler.pt"))
+        except (KeyError, ValueError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: the optimizer state does not fit this run's parameters ({type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:100]}); resume with the config the run was started "
+                                  "with") from None
         if acc.scaler is not None and (path / "scaler.pt").exists():
             acc.scaler.load_state_dict(ck.load_torch(path / "scaler.pt"))
         rng = ck.load_torch(path / "rng.pt")[self.rank]
@@ -426,9 +661,7 @@ class Trainer:
             return None
         path = Path(path) if path is not None else self.run_dir / "export" / "model.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        ck.save_tensors(tmp, self.ema.state_dict(), self._metadata())
-        tmp.replace(path)
+        ck.save_tensors(path, self.ema.state_dict(), self._metadata())  # temporary sibling, fsync, rename
         self.ema.copy_to(self.ema_net)
         self.task.export_files(self.ema_net, path.parent)  # e.g. a CLIP pair's transformers folder
         return path
@@ -453,17 +686,47 @@ def _python_from(s: list) -> tuple:
     return (s[0], tuple(s[1]), s[2])
 
 
-def export_weights(source: str | Path, out: str | Path) -> Path:
-    """Write an EMA-only inference file from a checkpoint directory or run folder (on demand)."""
-    from versadiff.weights import read_raw_metadata, resolve_weights
+def export_path(out: str | Path) -> Path:
+    """Where `export --out NAME` writes: NAME, with .safetensors added when it has no extension."""
+    out = Path(out)
+    if not out.suffix:
+        out = out.with_name(out.name + ".safetensors")
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out {out}: exported weights are a .safetensors file; give a name ending in "
+                         ".safetensors (or none: it is added)")
+    return out
 
+
+def export_weights(source: str | Path, out: str | Path, *, force: bool = False) -> Path:
+    """Write an EMA-only inference file from a checkpoint directory or run folder (on demand).
+
+    `out` gets .safetensors when it has no extension; an existing `out` is refused, with `force` replaced only
+    when it is a versadiff weight file (anything else is never overwritten), and never when it is the source."""
+    from versadiff.weights import is_versadiff_weights, read_raw_metadata, resolve_weights, verify_weights
+
+    out = export_path(out)
     weights = resolve_weights(source)
+    if out.exists():
+        if out.is_dir():
+            raise OutputExistsError(f"--out {out} is a folder; give a file name ending in .safetensors")
+        if out.resolve() == weights.resolve():
+            raise OutputExistsError(f"--out {out} is the file being exported; choose another name")
+        if not force:
+            raise OutputExistsError(f"--out {out} exists; choose another name, or add --force to replace it "
+                                    "(only a versadiff weight file is ever replaced)")
+        if not is_versadiff_weights(out):
+            raise OutputExistsError(f"--out {out} exists and is not a versadiff weight file; refusing to replace it "
+                                    "even with --force")
+    parent = out.parent if str(out.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputExistsError(f"--out {out}: {parent} is a file, not a folder")
     meta = read_raw_metadata(weights)
     if CONFIG_KEY not in meta:
         raise ValueError(f"{weights} is not a versadiff checkpoint (no '{CONFIG_KEY}' in its metadata)")
-    out = Path(out)
+    verify_weights(weights)
+    tensors = ck.load_tensors(weights)
     out.parent.mkdir(parents=True, exist_ok=True)
-    ck.save_tensors(out, ck.load_tensors(weights), meta)
+    ck.save_tensors(out, tensors, meta)
     return out
 
 
@@ -492,7 +755,65 @@ def param_groups(net: torch.nn.Module, spec: list[dict[str, Any]], lr: float) ->
     return groups, mults
 
 
-def train(cfg: RunConfig, *, out: str | Path | None = None, runs_root: str | Path = "runs",
-          resume: str | bool | None = None, quiet: bool = False) -> Path:
+def train(cfg: RunConfig | None, *, out: str | Path | None = None, runs_root: str | Path = "runs",
+          resume: str | bool | None = None, quiet: bool = False, force: bool = False,
+          allow_change: list[str] | tuple[str, ...] = ()) -> Path:
     """Train a run to completion; returns its folder."""
-    return Trainer(cfg, out=out, runs_root=runs_root, resume=resume, quiet=quiet).run()
+    return Trainer(cfg, out=out, runs_root=runs_root, resume=resume, quiet=quiet, force=force,
+                   allow_change=allow_change).run()
+
+
+def _clean_temporaries(run_dir: Path) -> None:
+    """Remove the hidden temporaries a killed write left next to the run's own files (.config.yaml.tmp-PID, ...)."""
+    for folder, names in ((run_dir, ("config.yaml", "config.json", "stats.jsonl", "run.json")),
+                          (run_dir / "export", ("model.safetensors",))):
+        for name in names:
+            for stale in folder.glob(f".{name}.tmp-*"):
+                if stale.is_file():
+                    stale.unlink(missing_ok=True)
+
+
+def _note(message: str) -> None:
+    sys.stderr.write(f"versadiff: {message}\n")
+    sys.stderr.flush()
+
+
+def _check_resume_config(old: RunConfig, new: RunConfig, checkpoint: Path,
+                         allow_change: list[str] | tuple[str, ...]) -> list[tuple[str, Any, Any]]:
+    """The allowed differences between a checkpoint's config and the one given; a one-line ConfigError listing
+    the keys that differ when any is not allowed."""
+    changes = config_diff(old, new)
+    refused = [(k, a, b) for k, a, b in changes if not key_allowed(k, list(allow_change) + list(RESUME_HARMLESS))]
+    if refused:
+        listed = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in refused[:6])
+        more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+        keys = " ".join(f"--allow-change {k}" for k, _, _ in refused[:3])
+        raise ConfigError(f"--resume: the config differs from the one {checkpoint} was trained with: {listed}{more}; "
+                          f"resume without CONFIG/--set to use the run's own config, or allow it with {keys}")
+    return changes
+
+
+def _check_out_dir(run_dir: Path, resuming_here: bool, force: bool) -> bool:
+    """Check a run folder before any work. Returns whether --force must move an earlier run's files aside."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OutputExistsError(f"--out {run_dir} is a file; give a folder for the run (new or empty)")
+    anc = run_dir
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if anc.exists() and not anc.is_dir():
+        raise OutputExistsError(f"--out {run_dir}: {anc} is a file, not a folder")
+    if anc.exists() and not os.access(anc, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, "cannot create or write the run folder here (no write permission)",
+                              str(anc))
+    if resuming_here or not run_dir.is_dir():
+        return False
+    entries = sorted(p.name for p in run_dir.iterdir())
+    if not entries:
+        return False
+    if not force:
+        ours = [e for e in entries if e in RUN_FILES]
+        what = "an earlier run (" + ", ".join(ours[:4]) + ")" if ours else f"{len(entries)} other entries"
+        raise OutputExistsError(f"--out {run_dir} is not empty: it holds {what}; continue that run with --resume, "
+                                "choose a new folder, or add --force to start over there (its run files are moved "
+                                "to replaced-<time>/ inside it; nothing is deleted)")
+    return any(e in RUN_FILES for e in entries)
