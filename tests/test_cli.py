@@ -131,16 +131,17 @@ def test_argparse_errors_use_the_same_format(capsys):
     assert err.startswith("versadiff: error: the following arguments are required: --n, --out") and err.count("\n") == 1
 
 
-def test_demo(tmp_path, capsys):
-    if not demo_asset_path().is_file():
-        assert main(["demo", "--out", str(tmp_path)]) == 2
-        assert "produce them with: versadiff demo --train" in capsys.readouterr().err
+def test_class_conditional_demo_retrains_and_scores(tmp_path, capsys):
     # --train retrains the preset (tiny overrides here) and samples 4 images per class from the new weights
-    assert main(["demo", "--train", "--out", str(tmp_path), "--quiet", "--set", *TINY, "train.max_steps=1",
-                 "--batch-size", "72"]) == 0
+    assert main(["demo", "--class-conditional", "--train", "--out", str(tmp_path), "--set", *TINY,
+                 "train.max_steps=1", "--batch-size", "72"]) == 0
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "demo.json").read_text())
     assert (tmp_path / "demo_grid.png").is_file() and report["n"] == 72
-    assert 0.0 <= report["conditional_accuracy"] <= 1.0
     assert f"conditional accuracy (shapes attribute reader): {report['conditional_accuracy']:.3f}" in out
     assert report["weights"].endswith("export/model.safetensors") and "/runs/00000-shapes_unet_tiny-" in report["weights"]
+
+
+def test_demo_train_is_for_the_class_demo(tmp_path, capsys):
+    assert main(["demo", "--train", "--out", str(tmp_path)]) == 2
+    assert "add --class-conditional" in capsys.readouterr().err

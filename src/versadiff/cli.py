@@ -221,12 +221,24 @@ def demo_asset_path() -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The four-flow Versatile Diffusion demo (default) or the class-conditional shapes demo. The demo rewrites
+    only its own files in --out (index.html, flows.png, demo_grid.png, demo.json)."""
     import torch
 
-    from versadiff.images import save_grid
-    from versadiff.models import load_model
+    from versadiff import demo
 
     out = Path(args.out)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not args.class_conditional:
+        if args.train or args.set:
+            raise CLIError("--train/--set retrain the class-conditional demo (add --class-conditional); the VD "
+                           "miniature's pieces train with versadiff train shapes_klae, shapes_clip, shapes_text_vae, "
+                           "then vd_shapes (benchmarks/README.md)")
+        report = demo.run_vd_demo(out, n_score=args.n_score, device=device, quiet=args.quiet)
+        if not args.quiet:
+            print(f"page:   {report['page']}\nfigure: {report['figure']}  ({report['sampler']}, {report['steps']} steps, "
+                  f"guidance w {report['guidance']}; {report['seconds']:.0f} s)")
+        return 0
     if args.train:
         from versadiff.config import load_config
         from versadiff.train.trainer import Trainer
@@ -239,29 +251,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise CLIError("--set only applies with --train (it overrides the shapes_unet_tiny preset)")
         weights = demo_asset_path()
         if not weights.is_file():
-            raise CLIError(f"the demo weights {weights} are not installed; produce them with: versadiff demo --train")
-    model = load_model(weights)
-    if not model.num_classes:
-        raise CLIError(f"{weights} is not a class-conditional model; the demo needs the shapes preset")
-    k = model.num_classes
-    labels = [c for _ in range(DEMO_PER_CLASS) for c in range(k)]  # row r holds one image of every class
-    seeds = list(range(len(labels)))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    s = model.config.sample
-    sampler, steps = DEMO_SAMPLER, DEMO_STEPS
-    images = model.generate(seeds, class_labels=labels, sampler=sampler, steps=steps, guidance=s.guidance,
-                            batch_size=args.batch_size, device=device, progress=not args.quiet and sys.stderr.isatty())
-    out.mkdir(parents=True, exist_ok=True)
-    grid = save_grid(images, out / "demo_grid.png", nrow=k)
-    from versadiff.data.attributes import conditional_accuracy
-
-    acc = float(conditional_accuracy(images, torch.tensor(labels)))
-    report = {"weights": str(weights), "grid": str(grid), "conditional_accuracy": acc, "n": len(labels),
-              "sampler": sampler, "steps": steps, "guidance": s.guidance, "versions": _versions()}
-    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"weights:  {weights}")
-    print(f"grid:     {grid}  ({DEMO_PER_CLASS} rows x {k} classes; {sampler}, {steps} steps, guidance {s.guidance})")
-    print(f"conditional accuracy (shapes attribute reader): {acc:.3f} over {len(labels)} samples")
+            raise CLIError(f"the demo weights {weights} are not installed; produce them with: "
+                           "versadiff demo --class-conditional --train")
+    demo.run_class_demo(out, weights, batch_size=args.batch_size, device=device, quiet=args.quiet,
+                        per_class=DEMO_PER_CLASS, sampler=DEMO_SAMPLER, steps=DEMO_STEPS)
     if args.train:
         print(f"to make these the shipped demo weights: cp {weights} {demo_asset_path()}")
     return 0
@@ -348,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("demo", help="sample the shipped class-conditional shapes model and score it")
-    d.add_argument("--train", action="store_true", help="first retrain the shapes_unet_tiny preset")
+    d = sub.add_parser("demo", help="Versatile Diffusion's four flows on the shipped miniature, scored (or the "
+                                    "class-conditional shapes model)")
+    d.add_argument("--class-conditional", action="store_true", help="the class-conditional shapes UNet demo instead")
+    d.add_argument("--n-score", type=int, default=100, help="held-out items each VD flow is scored on (default 100)")
+    d.add_argument("--train", action="store_true", help="with --class-conditional: first retrain shapes_unet_tiny")
     d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="preset overrides for --train")
     d.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     d.add_argument("--batch-size", type=int, default=72)

@@ -43,7 +43,7 @@ def flows_figure(rows: list[tuple[str, list[Any], list[Any]]], cell: int = 96) -
     label_w, gap = 130, 8
     n_in = max(len(r[1]) for r in rows)
     n_out = max(len(r[2]) for r in rows)
-    width = label_w + (n_in + n_out) * (cell + gap) + 3 * gap
+    width = label_w + (n_in + 1 + n_out) * (cell + gap) + gap  # inputs, the arrow, outputs
     fig = Image.new("RGB", (width, len(rows) * (cell + gap) + gap), "white")
     draw = ImageDraw.Draw(fig)
     for r, (name, ins, outs) in enumerate(rows):

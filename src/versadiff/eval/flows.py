@@ -3,8 +3,8 @@
 
     text-to-image     the image shows the prompt's colour and shape (and position, when the prompt names it)
     image-to-text     the caption parses, states the image's colour and shape, and any size/position it states is true
-    image-variation   the variation keeps the input's colour and shape
-    text-variation    the new caption parses and keeps the input's colour and shape
+    image-variation   the variation keeps the input's colour and shape ("changed": position or size differs)
+    text-variation    the new caption parses and keeps the input's colour and shape ("changed": not a copy)
 Held-out items come from ShapesDataset(seed=1, one shape per image); the presets train on seed 0.
 """
 
@@ -80,7 +80,15 @@ def score_flow(model: Any, flow: str, n: int = 100, *, steps: int | None = None,
     else:  # text-variation
         for cap, text in zip(captions, out):
             per.append(_match(parse_caption(cap), _caption_attributes(text), ("color", "shape")))
+    changed = None  # how often a variation differs from its input at all (a copy scores 1 but varies nothing)
+    if flow == "text-variation":
+        changed = sum(" ".join(t.split()) != " ".join(c.split()) for c, t in zip(captions, out)) / n
+    elif flow == "image-variation":
+        changed = sum(g is None or (g["position"], g["size"]) != (t["position"], t["size"])
+                      for t, g in zip(truth, image_attributes(out))) / n
     keys = sorted({k for m in per for k in m})
     result = {"flow": flow, "n": n, "score": sum(all(m.values()) for m in per) / n,
               **{k: sum(m[k] for m in per if k in m) / max(1, sum(k in m for m in per)) for k in keys}}
+    if changed is not None:
+        result["changed"] = changed
     return {**result, "outputs": out, "inputs": context}
