@@ -188,6 +188,37 @@ class Pipeline:
         """Variations of a caption."""
         return self.generate(seeds, flow="text-variation", context=text, **kw)
 
+    # -- VD's applications (versadiff.applications: mixing levels, guidance and recipes documented there) ------
+
+    def dual_guided(self, prompt: Any, image: Any, seeds: Sequence[int] = (0,), *, strength: float = 0.5,
+                    mixing: str = "attention", **kw: Any) -> Tensor | list[str]:
+        """Text + image -> image (or data="text": -> text); strength r = the text's weight, mixing "attention" |
+        "layer" | "model". r = 1 is exactly text-to-image, r = 0 exactly image variation."""
+        from versadiff.applications import dual_guided
+
+        return dual_guided(self, prompt, image, seeds, strength=strength, mixing=mixing, **kw)
+
+    def disentangle(self, image: Any, seeds: Sequence[int] = (0,), *, level: int = 0, focus: float | None = None,
+                    **kw: Any) -> Tensor:
+        """Image variation with semantic (level -1, -2) or style (+1, +2) focus, or a continuous focus in [0, 1]."""
+        from versadiff.applications import disentangle
+
+        return disentangle(self, image, seeds, level=level, focus=focus, **kw)
+
+    def i2t2i(self, image: Any, seeds: Sequence[int] = (0,), **kw: Any) -> Any:
+        """Image -> caption -> edit (edits={"red": "blue"} and/or positive= / negative= latent arithmetic) -> image;
+        returns versadiff.applications.I2T2IResult (images, captions, prompts)."""
+        from versadiff.applications import i2t2i
+
+        return i2t2i(self, image, seeds, **kw)
+
+    def blend(self, seeds: Sequence[int] = (0,), *, images: Sequence[Any] = (), prompts: Sequence[str] = (),
+              **kw: Any) -> Tensor:
+        """VD v1's multi-context blender: several images and prompts (image_weights=, prompt_weights=) in one image."""
+        from versadiff.applications import blend
+
+        return blend(self, seeds, images=images, prompts=prompts, **kw)
+
 
 def _per_seed(context: Any, n: int, noun: str = "contexts") -> list[Any] | None:
     """One context input per seed: None stays None; a list/tuple/batched tensor must have n items; anything
