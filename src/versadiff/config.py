@@ -100,6 +100,10 @@ class TrainConfig:
     #: per-parameter learning-rate and gradient multipliers, first match wins: [{match: REGEX over parameter
     #: names, lr_mult: 1.0, grad_mult: 1.0}, ...] (VD: image data layers grad 0.2, global layers 0.1)
     param_groups: list = field(default_factory=list)
+    #: sharded data parallel across processes (FSDP2 through accelerate's plugin); {} = plain DDP. {strategy:
+    #: full_shard (ZeRO-3) | shard_grad_op (ZeRO-2), wrap: auto | [block class names], cpu_offload: false};
+    #: checked by versadiff.train.distributed (added with the multi-process / FSDP work)
+    fsdp: dict = field(default_factory=dict)
 
 
 @dataclass

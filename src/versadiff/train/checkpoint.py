@@ -6,6 +6,9 @@ Layout of checkpoints/step-00001000/:
   rng.pt       torch / numpy / python RNG states and the diffusion-noise generator state, per process
   state.json   step, epoch, data position, EMA update count
   manifest.json  size and sha256 of every file above (checked before a resume uses the checkpoint)
+Under FSDP (versadiff.train.distributed) model.safetensors and optimizer.pt are replaced by one shard per process,
+model-RRRRR-of-WWWWW.safetensors and optimizer-RRRRR-of-WWWWW.pt, and state.json records "sharded"; each process
+hashes its own files (`new_tmp_dir` / `commit_dir` split the atomic write for several writers).
 A checkpoint is written into a hidden temporary sibling (.tmp-*), every file fsynced, then renamed into place and
 the folder fsynced, so a crash never leaves a partial `step-*` directory. Pruning renames a doomed checkpoint to a
 .tmp-* name before deleting it, so a kill mid-delete leaves only a temporary, removed by `clean_checkpoints`
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -51,6 +55,10 @@ __all__ = [
     "verify_checkpoint",
     "clean_checkpoints",
     "latest_good_checkpoint",
+    "new_tmp_dir",
+    "commit_dir",
+    "hash_files",
+    "required_files",
     "MANIFEST",
 ]
 
@@ -60,6 +68,33 @@ MANIFEST = "manifest.json"
 CHECKPOINT_FILES = frozenset({"model.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "scaler.pt",
                               "rng.pt", "state.json", MANIFEST})
 REQUIRED_FILES = ("model.safetensors", "ema.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+SHARDED_COMMON = ("ema.safetensors", "scheduler.pt", "rng.pt", "state.json")
+
+
+_SHARD_RE = re.compile(r"^(model|optimizer)-(\d{5})-of-(\d{5})\.(safetensors|pt)$")
+
+
+def shard_name(kind: str, rank: int, world: int) -> str:
+    """model-00000-of-00008.safetensors, optimizer-00000-of-00008.pt."""
+    ext = "safetensors" if kind == "model" else "pt"
+    return f"{kind}-{rank:05d}-of-{world:05d}.{ext}"
+
+
+def is_shard_name(name: str) -> bool:
+    return _SHARD_RE.match(name) is not None
+
+
+def _is_checkpoint_file(name: str) -> bool:
+    return name in CHECKPOINT_FILES or is_shard_name(name)
+
+
+def required_files(state: Any) -> tuple[str, ...]:
+    """The files a checkpoint with this state.json must hold (per-process shards when it was written sharded)."""
+    if isinstance(state, dict) and state.get("sharded"):
+        world = int(state.get("world_size", 1))
+        shards = tuple(shard_name(kind, r, world) for kind in ("model", "optimizer") for r in range(world))
+        return SHARDED_COMMON + shards
+    return REQUIRED_FILES
 
 
 def checkpoint_name(step: int) -> str:
@@ -74,12 +109,22 @@ def _remove_stale(folder: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _write_manifest(folder: Path) -> None:
-    """Hash (and fsync) every file of `folder`, then write manifest.json (fsynced) and fsync the folder."""
+def hash_files(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """{name: {bytes, sha256}} of files of `folder`, each fsynced on the way (a process hashes what it wrote)."""
+    return {n: {"bytes": (folder / n).stat().st_size, "sha256": sha256_file(folder / n, fsync=True)} for n in names}
+
+
+def _write_manifest(folder: Path, known: dict[str, dict[str, Any]] | None = None) -> None:
+    """Hash (and fsync) every file of `folder` not in `known` (hashed by the process that wrote it), then write
+    manifest.json (fsynced) and fsync the folder."""
+    known = known or {}
     files = {}
     for p in sorted(folder.iterdir()):
         if p.is_file() and p.name != MANIFEST:
-            files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256_file(p, fsync=True)}
+            rec = known.get(p.name)
+            if rec is None or rec.get("bytes") != p.stat().st_size:
+                rec = {"bytes": p.stat().st_size, "sha256": sha256_file(p, fsync=True)}
+            files[p.name] = rec
     with open(folder / MANIFEST, "w") as f:
         f.write(json.dumps({"format": "versadiff-checkpoint-1", "files": files}, indent=2) + "\n")
         f.flush()
@@ -91,25 +136,40 @@ def write_atomic_dir(final: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_dir)` to fill a temporary directory, record the manifest, then rename it to `final`
     (replacing it). Every file and both folders are fsynced before and after the rename."""
     final = Path(final)
+    tmp = new_tmp_dir(final)
+    try:
+        write(tmp)
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def new_tmp_dir(final: str | Path) -> Path:
+    """A fresh hidden temporary sibling of `final` to write a checkpoint into (stale ones removed first)."""
+    final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale(final.parent)
     tmp = final.parent / f"{_TMP_PREFIX}{final.name}-{os.getpid()}"
     tmp.mkdir()
-    try:
-        write(tmp)
-        _write_manifest(tmp)
-        if final.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
-            old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            fsync_dir(final.parent)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+    return tmp
+
+
+def commit_dir(tmp: str | Path, final: str | Path, known: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Write the manifest of `tmp` (reusing the `known` hashes) and rename it to `final` (replacing it), with
+    both folders fsynced before and after the rename."""
+    tmp, final = Path(tmp), Path(final)
+    _write_manifest(tmp, known)
+    if final.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
+        old = final.parent / f"{_TMP_PREFIX}old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
         fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
     return final
 
 
@@ -140,7 +200,7 @@ def clean_checkpoints(folder: str | Path) -> list[Path]:
     for p in sorted(folder.glob("step-*")):
         if p.is_dir() and not p.is_symlink() and not is_checkpoint(p):
             names = {c.name for c in p.iterdir()}
-            if names <= CHECKPOINT_FILES and all((p / n).is_file() for n in names):
+            if all(_is_checkpoint_file(n) for n in names) and all((p / n).is_file() for n in names):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
     return removed
@@ -186,13 +246,14 @@ def verify_checkpoint(path: str | Path) -> None:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a checkpoint directory")
-    for name in REQUIRED_FILES:
+    required = required_files(read_json(path / "state.json")) if (path / "state.json").is_file() else REQUIRED_FILES
+    for name in required:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name} is missing; the checkpoint is incomplete")
     if (path / MANIFEST).is_file():
         manifest = read_json(path / MANIFEST)
         files = manifest.get("files") if isinstance(manifest, dict) else None
-        if not isinstance(files, dict) or not set(REQUIRED_FILES) <= set(files):
+        if not isinstance(files, dict) or not set(required) <= set(files):
             raise CheckpointError(f"{path / MANIFEST} is damaged (it does not list the checkpoint's files)")
         for name, rec in files.items():
             p = path / name

@@ -2,12 +2,17 @@
 
 decay_n = min(decay, (1 + n) / (10 + n)) with warm-up (VDPM, after Google's diffusion code), where n counts
 the updates done so far; without warm-up decay_n = decay. Integer buffers are copied, not averaged.
+
+Under FSDP the network's state dict holds DTensors (each process its dim-0 chunk): the shadow is then sharded the
+same way and every process averages its own chunks (versadiff.train.distributed explains the choice).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from versadiff.train.distributed import local
 
 __all__ = ["EMA"]
 
@@ -35,11 +40,11 @@ class EMA:
         """shadow <- d * shadow + (1 - d) * weights."""
         d = self.current_decay()
         for k, v in net.state_dict().items():
-            s = self.shadow[k]
+            s, v = local(self.shadow[k]), local(v.detach())  # sharded (FSDP): this process's chunks
             if s.is_floating_point():
-                s.lerp_(v.detach().to(s.device, torch.float32), 1.0 - d)
+                s.lerp_(v.to(s.device, torch.float32), 1.0 - d)
             else:
-                s.copy_(v.detach())
+                s.copy_(v)
         self.num_updates += 1
 
     @torch.no_grad()
@@ -59,3 +64,4 @@ class EMA:
         for k, v in tensors.items():
             self.shadow[k].copy_(v)
         self.num_updates = int(num_updates)
+

@@ -1,9 +1,13 @@
 """The training loop on 🤗 accelerate: one CPU, one GPU or several GPUs (`accelerate launch`) unchanged.
 
 One optimizer step = `grad_accum` micro-batches of `batch_size` images on each process. The data order is a
-permutation drawn from (seed, epoch), split across processes, and the diffusion noise comes from a dedicated
-torch.Generator; both are checkpointed, so a resumed run continues exactly where the interrupted one stopped
-(bitwise on CPU).
+permutation drawn from (seed, epoch), cut in batches that go round-robin to the processes, and the diffusion
+noise comes from one torch.Generator per micro-batch slot (micro-batch m of process r reads the step's global
+batch m * world + r and draws slot m * world + r's noise): N processes x grad_accum A train on the same samples
+with the same noise as 1 process x grad_accum N*A (equal bit for bit with 2 CPU processes, tests/
+test_distributed.py). Both are checkpointed, so a resumed run continues exactly where the interrupted one
+stopped (bitwise on CPU), with the number of processes it started with. `train.fsdp` shards the network, its
+gradients, the optimizer and the EMA across the processes (FSDP2; versadiff.train.distributed).
 
 Reliability rules (README "Runs are never overwritten"):
   * `--out` must be a new or empty folder, or the folder of the run being resumed; `force=True` starts over in
@@ -40,6 +44,7 @@ from versadiff.config import (RESUME_HARMLESS, ConfigError, RunConfig, apply_ove
 from versadiff.errors import CheckpointError, OutputExistsError, TrainingDivergedError
 from versadiff.images import save_grid
 from versadiff.train import checkpoint as ck
+from versadiff.train import distributed as dist_
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger
 from versadiff.train.rundir import RUN_FILES, RUN_SUBDIRS, move_run_files_aside, new_run_dir
@@ -81,6 +86,7 @@ def _check_data(cfg: RunConfig) -> None:
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
+    dist_.init_processes()  # the first use of accelerate's state in a process: join the launched process group
     return PartialState().is_main_process
 
 
@@ -143,7 +149,10 @@ def _checkpoint_meta(path: Path) -> tuple[RunConfig, dict[str, Any]]:
     """(config, info) recorded in a checkpoint's weights."""
     from versadiff.weights import read_metadata
 
-    return read_metadata(path / "model.safetensors")
+    weights = path / "model.safetensors"
+    if not weights.is_file():  # a sharded (FSDP) checkpoint: its consolidated EMA carries the same metadata
+        weights = path / "ema.safetensors"
+    return read_metadata(weights)
 
 
 def resume_config(resume: str | bool | None, out: str | Path | None,
@@ -209,8 +218,11 @@ class Trainer:
         from versadiff.tasks import build_task, check_config, task_class
 
         self.quiet = quiet
+        dist_.init_processes()  # before anything asks accelerate which process this is
         run_dir = Path(out) if out is not None else None
         self.resume_from = resolve_resume(resume, run_dir)
+        if self.resume_from is not None:  # before anything is built: a wrong process count is refused at once
+            _check_world(self.resume_from, PartialState().num_processes)
         ckpt_info: dict[str, Any] = {}
         self.changes: list[tuple[str, Any, Any]] = []
         if self.resume_from is not None:
@@ -240,10 +252,24 @@ class Trainer:
                 raise ValueError(f"{self.resume_from} was trained with fp16 on a GPU; resume it on a GPU")
         else:
             self.precision, self.precision_reason = resolve_precision(tc.mixed_precision, device)
+        # Sharding (train.fsdp) is the run config's choice, recorded in its checkpoints; a launcher's FSDP config
+        # (accelerate launch --config_file with distributed_type FSDP) without it is refused rather than obeyed.
+        fsdp_opts = dist_.fsdp_options(tc.fsdp)
+        if fsdp_opts is None and dist_.launcher_wants_fsdp():
+            raise ConfigError("the launcher asks for FSDP (ACCELERATE_USE_FSDP, an accelerate config with "
+                              "distributed_type: FSDP) but the run's train.fsdp is {}: set train.fsdp.strategy="
+                              "full_shard (the run config decides the sharding) or launch with a DDP config such as "
+                              "configs/accelerate/1node_8gpu.yaml")
+        # FSDP with one process has nothing to shard: the run trains (and checkpoints) unsharded
+        self.fsdp = fsdp_opts is not None and PartialState().num_processes > 1
+        if self.fsdp and tc.compile:
+            raise ConfigError("train.compile with train.fsdp (several processes) is not supported yet; set "
+                              "train.compile=false")
         # accelerate keeps one process-wide state that refuses a second, different precision; a run's
         # config is the authority, so reset it (the distributed PartialState is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
-        self.accelerator = acc = Accelerator(mixed_precision=self.precision)
+        plugin = dist_.fsdp_plugin(fsdp_opts, self.precision) if self.fsdp else None
+        self.accelerator = acc = Accelerator(mixed_precision=self.precision, fsdp_plugin=plugin)
         self.rank, self.world = acc.process_index, acc.num_processes
 
         # Everything that can reject the config is built before a run folder is created.
@@ -268,7 +294,10 @@ class Trainer:
         net = self.task.net
         if tc.gradient_checkpointing:
             net.set_gradient_checkpointing(True)
-        self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()  # sampling copy, fp32
+        # sampling copy, fp32; under FSDP kept in host memory (a whole network per GPU is what FSDP avoids)
+        self.ema_net = copy.deepcopy(net).requires_grad_(False).eval()
+        if self.fsdp:
+            self.ema_net.cpu()
         groups, self.grad_mults = param_groups(net, tc.param_groups, tc.lr)
         optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
                                       weight_decay=tc.weight_decay)
@@ -277,13 +306,26 @@ class Trainer:
         # self.net is the plain module (EMA, checkpoints, export); self.model the compiled/DDP-wrapped view
         # that shares its parameters and runs the training forward pass.
         self.net = net
-        self.model, self.optimizer = acc.prepare(torch.compile(net) if tc.compile else net, optimizer)
+        if self.fsdp:
+            # accelerate's FSDP2 preparation shards `net` in place (its parameters become DTensors; the optimizer's
+            # groups are remapped by name), so the gradient multipliers are looked up again on the sharded module.
+            dist_.set_wrap(plugin, fsdp_opts, net)
+            dist_.enable_fsdp(acc, plugin)
+            self.model, self.optimizer = acc.prepare(net, optimizer)
+            _, self.grad_mults = param_groups(net, tc.param_groups, tc.lr)
+        else:
+            self.model, self.optimizer = acc.prepare(torch.compile(net) if tc.compile else net, optimizer)
         self.ema = EMA(net, tc.ema_decay, tc.ema_warmup)  # after prepare: the shadow lives on the training device
-        self.noise_gen = torch.Generator(device=acc.device)
-        self.noise_gen.manual_seed(_seed_for(tc.seed, self.rank, 2))
+        # One diffusion-noise stream per micro-batch slot (micro m of rank r is slot m * world + r, the slot of the
+        # global batch it reads, see _loader): N processes x grad_accum A then draw the noise of 1 process x N*A.
+        self.noise_gens = [torch.Generator(device=acc.device).manual_seed(
+            _seed_for(tc.seed, m * self.world + self.rank, 2)) for m in range(tc.grad_accum)]
+        self.noise_gen = self.noise_gens[0]
         self.step, self.epoch, self.position = 0, 0, 0
         self._seed_globals(_seed_for(tc.seed, self.rank, 3))
         self._check_sample_grid()  # the grid at the end must not be what fails a finished run
+        if self.fsdp and not acc.is_main_process:
+            self.ema_net = None  # under FSDP only the main process samples and exports (host memory: 4 B/param)
         if self.resume_from is not None:
             self._load(self.resume_from)
 
@@ -328,7 +370,9 @@ class Trainer:
                 record = {}
         record.update({"format": "versadiff-run-1", "mixed_precision": self.cfg.train.mixed_precision,
                        "mixed_precision_resolved": self.precision, "mixed_precision_reason": self.precision_reason,
-                       "device": str(self.accelerator.device), "num_processes": self.world})
+                       "device": str(self.accelerator.device), "num_processes": self.world,
+                       "sharding": f"fsdp2 {self.cfg.train.fsdp.get('strategy', 'full_shard')}" if self.fsdp
+                       else ("ddp" if self.world > 1 else "none")})
         record.setdefault("sessions", []).append({
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "from_step": self.step,
             "resumed_from": str(self.resume_from) if self.resume_from else None,
@@ -403,9 +447,13 @@ class Trainer:
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         g = torch.Generator().manual_seed(_seed_for(tc.seed, epoch, 4))
-        order = torch.randperm(len(self.dataset), generator=g)[self.rank :: self.world]
-        n_batches = len(order) // tc.batch_size  # drop the ragged tail so every process steps alike
-        indices = order[start * tc.batch_size : n_batches * tc.batch_size].tolist()
+        order = torch.randperm(len(self.dataset), generator=g)
+        # The epoch's permutation cut in batches; batch j of this rank is the epoch's batch j * world + rank, so the
+        # global batches do not depend on how they are spread over processes and micro-batches. The ragged tail
+        # is dropped so that every process steps alike.
+        n_batches = len(order) // tc.batch_size // self.world
+        order = order[: n_batches * self.world * tc.batch_size].view(n_batches, self.world, tc.batch_size)
+        indices = order[start:, self.rank].reshape(-1).tolist()
         # The loader draws its workers' base seed from `generator`; without one it would draw from the global
         # RNG at a point that differs between an uninterrupted and a resumed run.
         workers_gen = torch.Generator().manual_seed(_seed_for(tc.seed, epoch, self.rank, 5))
@@ -504,7 +552,7 @@ class Trainer:
             last = micro == tc.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.world == 1 else acc.no_sync(self.model)
             with sync, acc.autocast():
-                losses = self.task.losses(self.model, batch, self.noise_gen)
+                losses = self.task.losses(self.model, batch, self.noise_gens[micro])
                 loss = losses.float().mean() / tc.grad_accum
             acc.backward(loss)
             total += loss.detach()
@@ -514,6 +562,8 @@ class Trainer:
                     p.grad.mul_(mult)
         max_norm = tc.grad_clip if tc.grad_clip else math.inf
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        if dist_.is_dtensor(grad_norm):  # FSDP: the global norm, replicated
+            grad_norm = grad_norm.full_tensor()
         # a NaN/inf loss or gradient stops the run before the update (fp16's scaler skips inf steps itself)
         loss_value, norm_value = float(total), float(grad_norm)
         if not math.isfinite(loss_value) or (acc.scaler is None and not math.isfinite(norm_value)):
@@ -553,28 +603,47 @@ class Trainer:
 
     # -- outputs -------------------------------------------------------------------------------
 
-    def loaded_ema(self) -> Any:
-        """The EMA weights as a loaded model with `generate` (the autoencoder itself for task autoencoder)."""
+    def _ema_to_net(self) -> dict[str, torch.Tensor] | None:
+        """Load the EMA into the sampling copy (main process) and return the full EMA tensors there (None on the
+        other processes). Under FSDP every process must call it: the sharded EMA is gathered."""
+        if self.fsdp:
+            full = dist_.gather_full(self.ema.state_dict(), self.accelerator.is_main_process)
+            if full is not None:
+                self.ema_net.load_state_dict(full)
+            return full
         self.ema.copy_to(self.ema_net)
+        return self.ema.state_dict() if self.accelerator.is_main_process else None
+
+    def loaded_ema(self) -> Any:
+        """The EMA weights as a loaded model with `generate` (the autoencoder itself for task autoencoder).
+        Under FSDP: a collective call, with the model on the main process only (None elsewhere)."""
+        self._ema_to_net()
+        if self.fsdp and not self.accelerator.is_main_process:
+            return None
         return self.task.loaded(self.ema_net, self.info, str(self.run_dir))
 
     def save_samples(self) -> Path | None:
         """A grid from the EMA weights with fixed seeds, run_dir/samples/step-N.png (main process)."""
+        if self.fsdp:
+            self._ema_to_net()  # collective
         if not self.accelerator.is_main_process:
             return None
-        self.ema.copy_to(self.ema_net)
+        if not self.fsdp:
+            self.ema.copy_to(self.ema_net)
         # Sampling must not disturb the training RNG streams (runs with other sample_every stay identical).
         with torch.random.fork_rng(devices=[]):
             grid = self.task.sample_grid(self.ema_net, self.info, str(self.run_dir))
+        if self.fsdp:
+            self.ema_net.cpu()  # the sampling copy goes back to host memory
         if grid is None:
             return None
         images, nrow = grid
         return save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
 
-    def save_checkpoint(self) -> Path | None:
-        """Write checkpoints/step-N atomically and prune to keep_last (RNG states of all processes)."""
-        acc = self.accelerator
-        rng = {"torch": torch.get_rng_state(), "noise": self.noise_gen.get_state(),
+    def _rng_states(self) -> list[dict[str, Any]]:
+        """Every process's RNG, task and data states (gathered on all processes)."""
+        rng = {"torch": torch.get_rng_state(), "noise": self.noise_gens[0].get_state(),
+               "noise_micro": [g.get_state() for g in self.noise_gens],
                "numpy": _numpy_state(), "python": _python_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                "task": self.task.state_dict(),  # per process, like the RNG states
@@ -582,20 +651,36 @@ class Trainer:
         if self.world > 1:
             from accelerate.utils import gather_object
 
-            rngs = gather_object([rng])
-        else:
-            rngs = [rng]
+            return gather_object([rng])
+        return [rng]
+
+    def _state_json(self) -> dict[str, Any]:
+        state = {"step": self.step, "epoch": self.epoch, "position": self.position,
+                 "ema_updates": self.ema.num_updates, "world_size": self.world}
+        if self.fsdp:
+            state["sharded"] = dist_.SHARDED
+        return state
+
+    def _diverged_weights(self, tensors: dict[str, torch.Tensor]) -> str | None:
+        return next((k for k, v in tensors.items()
+                     if v.is_floating_point() and not torch.isfinite(dist_.local(v)).all()), None)
+
+    def save_checkpoint(self) -> Path | None:
+        """Write checkpoints/step-N atomically and prune to keep_last (RNG states of all processes)."""
+        if self.fsdp:
+            return self._save_sharded()
+        acc = self.accelerator
+        rngs = self._rng_states()
         path = None
         if acc.is_main_process:
             net = self.net
             for what, tensors in (("network", net.state_dict()), ("EMA", self.ema.state_dict())):
-                bad = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+                bad = self._diverged_weights(tensors)
                 if bad is not None:
                     raise TrainingDivergedError(f"the {what} weights hold NaN/inf ({bad}) at step {self.step}; no "
                                                 "checkpoint written, the last one on disk is the last good one")
             meta = self._metadata()
-            state = {"step": self.step, "epoch": self.epoch, "position": self.position,
-                     "ema_updates": self.ema.num_updates, "world_size": self.world}
+            state = self._state_json()
 
             def write(tmp: Path) -> None:
                 ck.save_tensors(tmp / "model.safetensors", net.state_dict(), meta)
@@ -612,26 +697,93 @@ class Trainer:
         acc.wait_for_everyone()
         return path
 
+    def _save_sharded(self) -> Path | None:
+        """The FSDP checkpoint (versadiff.train.distributed): every process writes its model and optimizer shards
+        into one temporary folder and hashes them; the main process adds the consolidated EMA and the shared
+        files, writes the manifest with every hash and renames the folder into place."""
+        from accelerate.utils import gather_object
+
+        acc, main = self.accelerator, self.accelerator.is_main_process
+        net_state, ema_state = self.net.state_dict(), self.ema.state_dict()
+        bad = self._diverged_weights(net_state) or self._diverged_weights(ema_state)
+        if dist_.any_rank(bad is not None, acc.device):
+            raise TrainingDivergedError(f"the network or EMA weights hold NaN/inf ({bad or 'on another process'}) at "
+                                        f"step {self.step}; no checkpoint written, the last one on disk is the last "
+                                        "good one")
+        rngs = self._rng_states()
+        ema_full = dist_.gather_full(ema_state, main)
+        final = self.run_dir / "checkpoints" / ck.checkpoint_name(self.step)
+        tmp = Path(self._broadcast(str(ck.new_tmp_dir(final)) if main else None))
+        meta = self._metadata()
+        mine = [dist_.shard_name("model", self.rank, self.world), dist_.shard_name("optimizer", self.rank, self.world)]
+        try:
+            ck.save_tensors(tmp / mine[0], {k: dist_.local(v) for k, v in net_state.items()},
+                            {**meta, dist_.SHARD_META_KEY: json.dumps(dist_.shard_meta(net_state))})
+            ck.save_torch(tmp / mine[1], dist_.optimizer_state_local(self.optimizer))
+            result: dict[str, Any] = {"files": ck.hash_files(tmp, mine)}
+        except OSError as e:
+            result = {"error": f"{type(e).__name__}: {e}"}
+        results = gather_object([result])
+        failed = next((r["error"] for r in results if "error" in r), None)
+        path = None
+        if main:
+            try:
+                if failed is not None:
+                    raise CheckpointError(f"a process could not write its checkpoint shard ({failed}); no checkpoint "
+                                          "written, the last one on disk is the last good one")
+                ck.save_tensors(tmp / "ema.safetensors", ema_full, meta)
+                ck.save_torch(tmp / "scheduler.pt", self.scheduler.state_dict())
+                if acc.scaler is not None:
+                    ck.save_torch(tmp / "scaler.pt", acc.scaler.state_dict())
+                ck.save_torch(tmp / "rng.pt", rngs)
+                (tmp / "state.json").write_text(json.dumps(self._state_json(), indent=2) + "\n")
+                known = {n: rec for r in results for n, rec in r["files"].items()}
+                path = ck.commit_dir(tmp, final, known)
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            ck.prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_last)
+        elif failed is not None:
+            raise CheckpointError(f"a process could not write its checkpoint shard ({failed})")
+        acc.wait_for_everyone()
+        return path
+
     def _load(self, path: Path) -> None:
         acc = self.accelerator
         state = ck.read_json(path / "state.json")
-        if state.get("world_size", 1) != self.world:
-            raise ValueError(f"{path} was written by {state.get('world_size')} processes, this run has {self.world}; "
-                             "resume with the same number of processes")
+        _check_world(path, self.world, state)
+        sharded = bool(state.get("sharded"))
+        if sharded != self.fsdp:
+            how = "sharded (train.fsdp with several processes)" if sharded else "unsharded"
+            raise ValueError(f"{path} was written {how}; resume it with the sharding it was trained with")
         net = self.net
         try:
-            net.load_state_dict(ck.load_tensors(path / "model.safetensors"))
-        except RuntimeError as e:  # torch lists every mismatch over many lines; keep the first
+            if sharded:
+                shard = path / dist_.shard_name("model", self.rank, self.world)
+                dist_.load_local_(net.state_dict(), ck.load_tensors(shard), str(shard))
+            else:
+                net.load_state_dict(ck.load_tensors(path / "model.safetensors"))
+        except (RuntimeError, ValueError) as e:  # torch lists every mismatch over many lines; keep the first
             first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
             raise ValueError(f"{path} does not fit this config's network ({first}); "
                              "resume with the config the run was started with") from None
         try:
-            self.ema.load_state_dict(ck.load_tensors(path / "ema.safetensors"), state["ema_updates"])
-        except (KeyError, RuntimeError) as e:
+            if sharded:  # each process reads its rows of the consolidated EMA
+                dist_.load_rows_(self.ema.shadow, path / "ema.safetensors")
+                self.ema.num_updates = int(state["ema_updates"])
+            else:
+                self.ema.load_state_dict(ck.load_tensors(path / "ema.safetensors"), state["ema_updates"])
+        except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path}: EMA state does not load ({type(e).__name__}: {e}); use an earlier "
                                   "checkpoint") from None
         try:
-            self.optimizer.load_state_dict(ck.load_torch(path / "optimizer.pt"))
+            if sharded:
+                opt = ck.load_torch(path / dist_.shard_name("optimizer", self.rank, self.world))
+                self.optimizer.load_state_dict(dist_.optimizer_state_from_local(self.optimizer, opt))
+            else:
+                self.optimizer.load_state_dict(ck.load_torch(path / "optimizer.pt"))
             self.scheduler.load_state_dict(ck.load_torch(path / "scheduler.pt"))
         except (KeyError, ValueError, RuntimeError) as e:
             if isinstance(e, CheckpointError):
@@ -641,9 +793,15 @@ class Trainer:
                                   "with") from None
         if acc.scaler is not None and (path / "scaler.pt").exists():
             acc.scaler.load_state_dict(ck.load_torch(path / "scaler.pt"))
-        rng = ck.load_torch(path / "rng.pt")[self.rank]
+        rngs = ck.load_torch(path / "rng.pt")
+        rng = rngs[self.rank]
         torch.set_rng_state(rng["torch"])
-        self.noise_gen.set_state(rng["noise"])
+        micro = rng.get("noise_micro")
+        if micro is not None and len(micro) == len(self.noise_gens):
+            for g, st in zip(self.noise_gens, micro):
+                g.set_state(st)
+        else:  # written before one stream per micro-batch slot
+            self.noise_gens[0].set_state(rng["noise"])
         np.random.set_state(_numpy_from(rng["numpy"]))
         random.setstate(_python_from(rng["python"]))
         if rng["cuda"] and torch.cuda.is_available():
@@ -651,20 +809,39 @@ class Trainer:
         self.task.load_state_dict(rng.get("task", {}))
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         if self.streaming and rng.get("data"):
-            # a streamed run restarts at the last fully consumed shard of this rank (a partly read shard is re-read)
-            self.dataset.load_state_dict(rng["data"])
-            self.epoch, self.position = int(rng["data"]["epoch"]), 0
+            # a streamed run restarts at the last shard that every rank had fully consumed (partly read shards are
+            # read again); all ranks must restart from the same prefix, or they would split the shards differently
+            data = _merge_data_states([r["data"] for r in rngs if r.get("data")])
+            self.dataset.load_state_dict(data)
+            self.epoch, self.position = int(data["epoch"]), 0
 
     def export(self, path: str | Path | None = None) -> Path | None:
         """EMA-only weights with the config in the metadata: run_dir/export/model.safetensors."""
+        full = self._ema_to_net()  # collective under FSDP
         if not self.accelerator.is_main_process:
             return None
         path = Path(path) if path is not None else self.run_dir / "export" / "model.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
-        ck.save_tensors(path, self.ema.state_dict(), self._metadata())  # temporary sibling, fsync, rename
-        self.ema.copy_to(self.ema_net)
+        ck.save_tensors(path, full, self._metadata())  # temporary sibling, fsync, rename
         self.task.export_files(self.ema_net, path.parent)  # e.g. a CLIP pair's transformers folder
         return path
+
+
+def _check_world(path: Path, world: int, state: dict[str, Any] | None = None) -> None:
+    """A checkpoint resumes with the number of processes that wrote it (per-process RNG streams, data split,
+    optimizer shards); one line otherwise."""
+    state = ck.read_json(path / "state.json") if state is None else state
+    written = int(state.get("world_size", 1))
+    if written != world:
+        raise ValueError(f"{path} was written by {written} processes, this run has {world}; resume with the same "
+                         f"number of processes (e.g. torchrun --nproc_per_node {written})")
+
+
+def _merge_data_states(states: list[dict[str, int]]) -> dict[str, int]:
+    """The shard position every rank restarts from: the earliest epoch any rank is in, and the shortest prefix
+    of its shard order that the ranks in that epoch have fully consumed."""
+    epoch = min(int(s["epoch"]) for s in states)
+    return {"epoch": epoch, "shards_done": min(int(s["shards_done"]) for s in states if int(s["epoch"]) == epoch)}
 
 
 def _numpy_state() -> dict[str, Any]:
