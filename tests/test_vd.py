@@ -149,3 +149,21 @@ def test_a_model_without_the_flow_says_so(parts, tmp_path, capsys):
     with pytest.raises(ValueError, match="no 'text' data stream"):
         Trainer(load_config("vd_shapes", vd_overrides(parts, streams=("image",)) + ["train.max_steps=1"]),
                 out=tmp_path / "bad", quiet=True).run()
+
+
+@pytest.mark.parametrize("preset, params, flows", [
+    ("vd_official", 2_566_318_852, FLOWS),
+    ("vd_dc", 1_126_760_324, FLOWS[:2]),
+    ("vd_basic", 859_520_964, FLOWS[1:2]),
+])
+def test_full_size_presets_count_and_name_what_to_set(preset, params, flows, tmp_path, capsys):
+    from versadiff.flows import flow_entries
+    from versadiff.tasks import check_config, task_class
+
+    cfg = check_config(load_config(preset))
+    assert task_class(cfg.task).count_parameters(cfg) == params  # built on the meta device
+    assert [f.name for f, _ in flow_entries(cfg.flows)] == flows
+    assert main(["train", preset, "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("versadiff: error: this preset reads local files: set codecs.image.path=") and "data.shards=" in err
+    assert not (tmp_path / "run").exists()

@@ -64,6 +64,8 @@ def flow_entries(section: Sequence[Any]) -> list[tuple[Flow, float]]:
     for entry in section:
         if isinstance(entry, str):
             entry = {"name": entry}
+        if isinstance(entry, dict) and None in entry:  # YAML reads a bare `null:` key as None
+            entry = {("null" if k is None else k): v for k, v in entry.items()}
         if not isinstance(entry, dict) or "name" not in entry:
             raise ValueError(f"a flows entry is a flow name or {{name, weight}}, got {entry!r}; flows: {', '.join(FLOWS)}")
         unknown = sorted(set(entry) - {"name", "weight", "null"})
@@ -176,7 +178,11 @@ def bind_flows(cfg: Any, facts: dict[str, Any], device: torch.device | str = "cp
         ctx = flow.context
         if ctx is not None and ctx not in encoders:
             if ctx in cfg.encoders:
-                encoders[ctx] = build_encoder(local(cfg.encoders[ctx])).to(device)
+                spec = cfg.encoders[ctx]
+                if isinstance(spec, dict) and "path" in spec and not spec["path"]:  # a preset's `path: null`: to set
+                    raise ValueError(f"flow {flow.name!r} encodes its {ctx} context with local weights: set "
+                                     f"encoders.{ctx}.path=... (a local {spec.get('type', 'encoder')} folder)")
+                encoders[ctx] = build_encoder(local(spec)).to(device)
             elif ctx == "class":
                 encoders[ctx] = ClassLabelEncoder(ClassLabelConfig(int(facts.get("num_classes", 0)),
                                                                    list(facts.get("class_names") or [])))

@@ -315,14 +315,13 @@ def uvit_foreign(
         else:
             report.notes.append("a latent model without --vae: it samples latents (set codecs.image later)")
     if net.get("context_dim"):
-        report.notes.append(
-            "U-ViT's text context (CLIP ViT-L/14 last_hidden_state, 77 x 768) has no versadiff "
-            "encoder yet: the model samples with the zero (null) context"
-        )
-        if text_encoder is not None:
-            comp = clip_component(text_encoder, "text")
-            comp.configured = False
-            components.append(comp)
+        if text_encoder is not None:  # U-ViT reads CLIP ViT-L/14's unprojected last_hidden_state, 77 x 768
+            components.append(clip_component(text_encoder, "text", context="hidden",
+                                             context_length=net.get("num_context_tokens", 77)))
+        else:
+            cfg["flows"], cfg["encoders"] = [], {}
+            report.notes.append("a text-to-image model without --text-encoder: it samples with no text context "
+                                "(convert again with --text-encoder CLIP_DIR for text-to-image)")
     if pub is not None:
         report.notes.append(f"recognised as {pub.name} ({pub.config_file})")
     size = net["image_size"] * (8 if latent and vae is not None else 1)

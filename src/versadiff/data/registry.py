@@ -3,6 +3,7 @@
     build_dataset({"name": "shapes", "size": 20000, "seed": 0, "num_shapes": 1})
     build_dataset({"name": "fashion_mnist", "root": None, "split": "train", "resolution": 32})
     build_dataset(cfg.data, needs_text=False)   # a trainer: captions only when the model reads text
+    build_dataset({"name": "context_cache", "dataset": {"name": "shapes"}, "encoder": {"type": "clip_text", ...}})
 """
 
 from __future__ import annotations
@@ -155,6 +156,21 @@ def _latents(path: str, flip_prob: float = 0.5, seed: int = 0) -> Dataset:
     return LatentDataset(path, flip_prob, seed)
 
 
+def _context_cache(
+    dataset: dict[str, Any],
+    encoder: dict[str, Any],
+    path: str | None = None,
+    modality: str = "text",
+    chunk: int = 256,
+    dtype: str = "float32",
+    device: str = "auto",
+) -> Dataset:
+    # another dataset with each caption's context pre-extracted once (versadiff.data.context_cache)
+    from .context_cache import context_cache_dataset
+
+    return context_cache_dataset(dataset, build_dataset, encoder, path, modality, chunk, dtype, device)
+
+
 #: name -> builder; each builder's keyword arguments are the config keys it accepts.
 DATASETS: dict[str, Callable[..., Dataset]] = {
     "shapes": _shapes,
@@ -171,6 +187,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "digits": _digits,
     "webdataset": _webdataset,
     "latents": _latents,
+    "context_cache": _context_cache,
 }
 
 

@@ -1,8 +1,14 @@
 """Versatile Diffusion's frozen CLIP context encoders, and a contrastive CLIP pair to train miniature ones.
 
 Text  (`ClipTextEncoder`, type "clip_text"):  prompts -> [B, L, D] (L = 77 for ViT-L/14, D = 768).
-    z = text_projection(last_hidden_state) for every token, p = text_projection(pooled EOS token);
-    context = z / ||p||. Padded to L with the pad token, no attention mask (as VD and diffusers).
+    Padded to L with the pad token, no attention mask (as VD, SD, U-ViT and diffusers). Option `context`:
+    "vd" (default; VD):  z = text_projection(last_hidden_state) for every token, p = text_projection(pooled EOS
+                         token); context = z / ||p||  (D = projection_dim).
+    "hidden" (U-ViT's MS-COCO models, SD): last_hidden_state (after the final LayerNorm), unprojected
+                         (D = hidden_size); U-ViT's FrozenCLIPEmbedder / extract_mscoco_feature.py.
+    "normalized" (VQ-Diffusion): last_hidden_state (= OpenAI CLIP's ln_final output), each token divided by
+                         its own L2 norm (D = hidden_size); VQ-Diffusion's CLIPTextEmbedding(normalize=True).
+    "hidden" and "normalized" need no text_projection, so a bare CLIPTextModel folder (SD's text_encoder/) loads.
 Image (`ClipImageEncoder`, type "clip_image"): images -> [B, 1 + N, D] (257 x 768 for ViT-L/14 at 224 px).
     z = visual_projection(post_layernorm(all hidden tokens)); context = z / ||z[:, 0]|| (the CLS token).
     Preprocessing without torchvision: shortest side resized to the model's image size (bicubic), centre crop,
@@ -10,8 +16,11 @@ Image (`ClipImageEncoder`, type "clip_image"): images -> [B, 1 + N, D] (257 x 76
     [0, 1] (HWC), float tensors [B, 3, H, W] in [-1, 1] (the project's convention; `value_range` to change it)
     and uint8 tensors [B, 3, H, W]. A float 0.5 in [0, 1] is mid-gray here (diffusers' processor call rescales
     it a second time and encodes a near-black image instead).
-Null contexts (VD v1.0): text = the encoding of "" (computed once per device); image `null(batch, mode)`:
-    "zeros" (default; image variation and dual guidance) or "black" (the encoding of a black image; image->text).
+Null contexts (VD v1.0): text `null(batch, mode)`: "empty" (default; the encoding of "", computed once per
+    device: VD, U-ViT's empty_context.npy) or "zeros" (an all-zero context, which a network with a learned null
+    replaces by it: VQ-Diffusion's learnable null, flows entry {name: text-to-image, null: zeros}); image
+    `null(batch, mode)`: "zeros" (default; image variation and dual guidance) or "black" (the encoding of a black
+    image; image->text).
 
 Both load a local transformers `save_pretrained` folder of a CLIPModel or of the single tower
 (CLIPTextModelWithProjection / CLIPVisionModelWithProjection), or build a small architecture from the config
@@ -41,6 +50,7 @@ from versadiff.encoders.tokenizers import ClipTokenizer, tokenizer_folder
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
+    "TEXT_CONTEXTS",
     "ClipTextEncoderConfig",
     "ClipImageEncoderConfig",
     "ClipTextEncoder",
@@ -54,6 +64,9 @@ __all__ = [
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 NULL_MODES = ("zeros", "black")
+#: what ClipTextEncoder returns per token (see the module docstring)
+TEXT_CONTEXTS = ("vd", "hidden", "normalized")
+TEXT_NULL_MODES = ("empty", "zeros")
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -67,7 +80,9 @@ class ClipTextEncoderConfig(ComponentConfig):
     architecture below with random weights. tokenizer: a folder with vocab.json + merges.txt or a shipped name;
     None looks in `path`, then `path/tokenizer`, then `path/../tokenizer` (a diffusers pipeline's layout), and
     is "clip_shapes" without a path. context_length: tokens per prompt; None = the loaded model's positions
-    (77 for CLIP), 77 for a built one. vocab_size: None = the tokenizer's.
+    (77 for CLIP), 77 for a built one. vocab_size: None = the tokenizer's. context: "vd" | "hidden" |
+    "normalized" (the module docstring). pad_token: the token prompts are padded with; None = the tokenizer's
+    (<|endoftext|> for OpenAI's CLIP); VQ-Diffusion pads with id 0, "!" (diffusers' port sets pad_token "!").
     """
 
     type_name = "clip_text"
@@ -80,12 +95,30 @@ class ClipTextEncoderConfig(ComponentConfig):
     num_heads: int = 4
     intermediate_size: int = 256
     projection_dim: int = 64
+    context: str = "vd"
+    pad_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.context not in TEXT_CONTEXTS:
+            raise ValueError(f"clip_text context must be one of {', '.join(TEXT_CONTEXTS)}, got {self.context!r}")
+
+    @property
+    def projected(self) -> bool:
+        """Whether the context needs the text projection (VD's)."""
+        return self.context == "vd"
 
     @classmethod
     def vit_l14(cls, **overrides: Any) -> "ClipTextEncoderConfig":
         """The architecture of CLIP ViT-L/14's text tower (VD's text context: 77 x 768)."""
         base = dict(context_length=77, vocab_size=49408, hidden_size=768, num_layers=12, num_heads=12,
                     intermediate_size=3072, projection_dim=768)  # fmt: skip
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def vit_b32(cls, **overrides: Any) -> "ClipTextEncoderConfig":
+        """The architecture of CLIP ViT-B/32's text tower (VQ-Diffusion's text context: 77 x 512, normalized)."""
+        base = dict(context_length=77, vocab_size=49408, hidden_size=512, num_layers=12, num_heads=8,
+                    intermediate_size=2048, projection_dim=512, context="normalized")  # fmt: skip
         return cls(**{**base, **overrides})
 
 
@@ -147,6 +180,9 @@ _TOWERS = {
 }
 
 
+_BARE_TEXT = ("embeddings.", "encoder.", "final_layer_norm.")
+
+
 def _read_state(folder: Path) -> dict[str, Tensor]:
     """The weights of a transformers folder: model.safetensors (or its sharded index), else pytorch_model.bin
     (read with torch.load(weights_only=True))."""
@@ -180,9 +216,11 @@ def _skip_init():
     return no_init_weights()
 
 
-def load_clip_tower(path: str | Path, tower: str) -> nn.Module:
+def load_clip_tower(path: str | Path, tower: str, projection: bool = True) -> nn.Module:
     """CLIPTextModelWithProjection ("text") or CLIPVisionModelWithProjection ("vision") from a local
-    save_pretrained folder of a CLIPModel or of that tower (strict: every weight of the tower must be there)."""
+    save_pretrained folder of a CLIPModel or of that tower (strict: every weight of the tower must be there).
+    projection=False (text only): the folder may lack the text projection (a bare CLIPTextModel such as SD's
+    text_encoder/); it is then zero, and unused."""
     from transformers import (
         CLIPConfig,
         CLIPTextConfig,
@@ -211,10 +249,21 @@ def load_clip_tower(path: str | Path, tower: str) -> nn.Module:
     cls = CLIPTextModelWithProjection if tower == "text" else CLIPVisionModelWithProjection
     with _skip_init():  # every weight is loaded below
         model = cls(sub)
-    state = {k: v for k, v in _read_state(folder).items() if k.startswith(prefixes) and not k.endswith("position_ids")}
+    raw_state = _read_state(folder)
+    if tower == "text" and not any(k.startswith("text_model.") for k in raw_state):
+        # a bare CLIPTextModel saved by transformers 5 names its weights without the text_model. prefix
+        raw_state = {("text_model." + k if k.startswith(_BARE_TEXT) else k): v for k, v in raw_state.items()}
+    state = {k: v for k, v in raw_state.items() if k.startswith(prefixes) and not k.endswith("position_ids")}
     own = model.state_dict()
+    if tower == "text" and not projection:  # unused: zeros where the folder has none (a bare CLIPTextModel)
+        for k in own:
+            if k.startswith("text_projection.") and k not in state:
+                state[k] = torch.zeros_like(own[k])
     missing = sorted(set(own) - set(state))
     extra = sorted(set(state) - set(own))
+    if tower == "text" and missing and all(k.startswith("text_projection.") for k in missing):
+        raise ValueError(f"{str(folder)!r} holds a CLIP text model without text_projection, which VD's context "
+                         "(context=vd) needs; its last_hidden_state is context=hidden (U-ViT, SD) or normalized (VQ-Diffusion)")
     if missing or extra:
         what = f"lacks {missing[:3]}" if missing else f"has unexpected {extra[:3]}"
         raise ValueError(f"the CLIP {tower} weights in {str(folder)!r} do not fit its config: it {what}")
@@ -267,12 +316,18 @@ class ClipTextEncoder(_FrozenClip):
         from transformers import CLIPTextModelWithProjection
 
         self.config = cfg = config or ClipTextEncoderConfig()
-        model = load_clip_tower(cfg.path, "text") if cfg.path is not None else None
+        model = load_clip_tower(cfg.path, "text", projection=cfg.projected) if cfg.path is not None else None
         length = cfg.context_length or (model.config.max_position_embeddings if model is not None else 77)
         self.tokenizer = ClipTokenizer(_find_tokenizer(cfg), length)
+        if cfg.pad_token is not None:
+            vocab = self.tokenizer.backend.get_vocab()
+            if cfg.pad_token not in vocab:
+                raise ValueError(f"pad_token {cfg.pad_token!r} is not in the tokenizer's vocabulary ({self.tokenizer.folder})")
+            self.tokenizer.pad_id = int(vocab[cfg.pad_token])
         if model is None:
-            model = CLIPTextModelWithProjection(_text_hf_config(cfg.replace(context_length=length),
-                                                                cfg.vocab_size or self.tokenizer.vocab_size, self.tokenizer))
+            hf_cfg = _text_hf_config(cfg.replace(context_length=length), cfg.vocab_size or self.tokenizer.vocab_size,
+                                     self.tokenizer)
+            model = CLIPTextModelWithProjection(hf_cfg)
         self.model = model
         hf = self.model.config
         if self.tokenizer.vocab_size > hf.vocab_size:
@@ -288,26 +343,37 @@ class ClipTextEncoder(_FrozenClip):
 
     @property
     def dim(self) -> int:
-        return int(self.model.config.projection_dim)
+        c = self.model.config
+        return int(c.projection_dim if self.config.projected else c.hidden_size)
 
     def context_shape(self) -> tuple[int, int]:
         return (self.context_length, self.dim)
 
     @torch.no_grad()
     def encode_ids(self, ids: Tensor) -> Tensor:
-        """Context of token ids [B, L] (already padded): projected tokens / ||projected EOS token||."""
+        """Context of token ids [B, L] (already padded), of the configured kind: "vd" projected tokens /
+        ||projected EOS token||; "hidden" last_hidden_state; "normalized" each last_hidden_state token / its norm."""
         with self._no_autocast():
             out = self.model(input_ids=ids.to(self.device))
-            z = self.model.text_projection(out.last_hidden_state.float())
+            h = out.last_hidden_state.float()
+            kind = self.config.context
+            if kind == "hidden":
+                return h
+            if kind == "normalized":
+                return h / h.norm(dim=-1, keepdim=True)
+            z = self.model.text_projection(h)
             return z / out.text_embeds.float().norm(dim=-1, keepdim=True).unsqueeze(1)
 
     def encode(self, inputs: Sequence[str] | str) -> Tensor:
         return self.encode_ids(self.tokenizer(inputs))
 
     def null(self, batch: int, mode: str | None = None) -> Tensor:
-        """The encoding of "" repeated [batch, L, D] (computed once per device)."""
-        if mode not in (None, "empty"):
-            raise ValueError(f"the CLIP text null context has one mode ('empty'), got {mode!r}")
+        """[batch, L, D]: "empty" (default) the encoding of "" repeated (computed once per device); "zeros" an
+        all-zero context (a network's learned null, e.g. VQ-Diffusion's)."""
+        if mode not in (None, *TEXT_NULL_MODES):
+            raise ValueError(f"the CLIP text null context mode must be one of {', '.join(TEXT_NULL_MODES)}, got {mode!r}")
+        if mode == "zeros":
+            return torch.zeros(int(batch), self.context_length, self.dim, device=self.device)
         if self._null is None or self._null.device != self.device:
             self._null = self.encode([""])
         return self._null.expand(int(batch), -1, -1).clone()

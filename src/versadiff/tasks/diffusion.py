@@ -3,7 +3,11 @@
 Each micro-batch serves every configured flow: the flow's codec encodes its data (images, captions, ...),
 its context encoder encodes its condition and gives the null condition for dropout, and the per-sample
 losses are summed with the flows' weights (VD trains its four flows so, one network). A class-conditional
-pixel model is the one-flow case.
+pixel model is the one-flow case. Text-to-image on a single-stream network (U-ViT's context tokens, the VQ
+transformer's cross-attention) is the one-flow case with a text context.
+Cached contexts (versadiff.data.context_cache, data.name=context_cache): when a batch carries
+"context.<modality>", that tensor is the flow's context and the cache's empty-string feature its null context,
+instead of running the frozen encoder; the losses are the same, bit for bit.
 """
 
 from __future__ import annotations
@@ -63,8 +67,54 @@ class DiffusionTask(Task):
         self.net = self.build_network(cfg)  # first: its initial weights come from the caller's seeded global RNG
         self._check_net()
         self.flows = bind_flows(cfg, self.model_facts(), device, self.default_codec)
+        self._check_contexts()
+        #: cached context modality -> its ContextCache (the batches carry "context.<modality>")
+        self.cached_contexts = self._bind_cached_contexts(dataset)
         self._flow_sums: dict[str, float] = {}
         self._flow_n = 0
+
+    @classmethod
+    def check_local_files(cls, cfg: RunConfig, autoencoder_hint: str) -> None:
+        """One line naming every local file a preset leaves to set (autoencoder, encoder weights, data), when
+        more than one is missing or an encoder is; a lone missing autoencoder gives `autoencoder_hint`, lone
+        data settings their reader's own message."""
+        from versadiff.data.registry import DATASETS, dataset_keys
+
+        need: list[str] = []
+        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
+            need.append("autoencoder.path=... (a trained autoencoder run or folder)")
+        enc = []
+        for modality, spec in sorted(cfg.codecs.items()):
+            if isinstance(spec, dict) and "path" in spec and not spec["path"]:
+                enc.append(f"codecs.{modality}.path=... (a trained {spec.get('type', 'codec')} run or folder)")
+        for modality, spec in sorted(cfg.encoders.items()):
+            if isinstance(spec, dict) and "path" in spec and not spec["path"]:
+                kind = str(spec.get("type", "encoder"))
+                what = "a local transformers CLIP folder" if kind.startswith("clip") else f"a local {kind} folder"
+                enc.append(f"encoders.{modality}.path=... ({what})")
+        need += enc
+
+        def data_keys(section: dict[str, Any], prefix: str) -> None:
+            name = section.get("name")
+            if name not in DATASETS:
+                return
+            if name == "context_cache":
+                e = section.get("encoder")
+                if isinstance(e, dict) and "path" in e and not e["path"]:
+                    same = f"encoders.{section.get('modality', 'text')}.path"
+                    need.append(f"{prefix}encoder.path=... (the same folder as {same})")
+                if isinstance(section.get("dataset"), dict):
+                    data_keys(section["dataset"], prefix + "dataset.")
+                return
+            for key in dataset_keys(name)[0]:
+                if section.get(key, "") is None:
+                    need.append(f"{prefix}{key}=...")
+
+        data_keys(cfg.data, "data.")
+        if len(need) > 1 or enc:
+            raise ValueError("this preset reads local files: set " + ", ".join(need))
+        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
+            raise ValueError(autoencoder_hint)
 
     # -- facts ---------------------------------------------------------------------------------------
 
@@ -86,6 +136,57 @@ class DiffusionTask(Task):
         if getattr(c, "context_dim", None) and not context_flows:
             raise ValueError("model.context_dim is set but no flow gives the network a text or image context: set "
                              "flows=[text-to-image] and encoders.text=... (a context encoder), or model.context_dim=null")
+
+    def _check_contexts(self) -> None:
+        """The network's context tokens fit its flows' encoders ([L, D] of context_shape())."""
+        c = self.net.config
+        dim = getattr(c, "context_dim", None)
+        length_key = next((k for k in ("num_context_tokens", "context_len") if hasattr(c, k)), None)
+        if not dim or length_key is None:
+            return  # no context tokens, or a multi-stream network that checks its own streams
+        for flow in self.flows:
+            shape = getattr(flow.encoder, "context_shape", None) if flow.encoder is not None else None
+            if flow.flow.context in (None, "class") or shape is None:
+                continue
+            length, width = (int(v) for v in shape())
+            have = (int(getattr(c, length_key)), int(dim))
+            if (length, width) != have:
+                raise ValueError(f"flow {flow.name!r}: the {flow.flow.context} encoder gives contexts of {length} x "
+                                 f"{width} but the network takes {have[0]} x {have[1]}; set model.context_dim={width} "
+                                 f"model.{length_key}={length}")
+
+    def _bind_cached_contexts(self, dataset: Dataset) -> dict[str, Any]:
+        """The dataset's cached contexts (versadiff.data.context_cache), checked against the flows' encoders."""
+        from versadiff.data.context_cache import same_encoder
+
+        cached = dict(getattr(dataset, "cached_contexts", None) or {})
+        for modality, cache in cached.items():
+            users = [f for f in self.flows if f.flow.context == modality]
+            if not users:
+                raise ValueError(f"the data carries cached {modality} contexts but no flow takes a {modality} context; "
+                                 f"use the dataset itself (data.dataset) or add a flow")
+            spec = self.cfg.encoders.get(modality)
+            if spec is None or not same_encoder(spec, cache.encoder_spec):
+                raise ValueError(f"the cached {modality} contexts were encoded by another encoder than "
+                                 f"encoders.{modality}: set data.encoder to the same spec as encoders.{modality}")
+            shape = getattr(users[0].encoder, "context_shape", None)
+            if shape is not None and tuple(shape()) != cache.shape:
+                raise ValueError(f"the cached {modality} contexts are {list(cache.shape)}, the encoder gives "
+                                 f"{list(shape())}; rebuild the cache")
+        return cached
+
+    def _cached_into(self, batch: dict[str, Any], size: int, cache: dict[Any, Tensor]) -> None:
+        """Put the batch's cached contexts (and the cached null) where BoundFlow.contexts finds them."""
+        from versadiff.data.context_cache import context_key
+
+        for modality, ctx_cache in self.cached_contexts.items():
+            key = context_key(modality)
+            if key not in batch:
+                continue
+            cache[("context", modality)] = batch[key].to(self.device, torch.float32)
+            for flow in self.flows:  # the empty-string null; other null modes (zeros, ...) stay the encoder's
+                if flow.flow.context == modality and flow.flow.null in (None, "empty"):
+                    cache.setdefault(("null", modality, flow.flow.null), ctx_cache.null(size).to(self.device))
 
     def info(self) -> dict[str, Any]:
         facts = self.model_facts()
@@ -112,6 +213,8 @@ class DiffusionTask(Task):
             if flow.flow.data not in data:
                 data[flow.flow.data] = self.flow_data(flow, batch)
             x = data[flow.flow.data]
+            if self.cached_contexts and not cache:
+                self._cached_into(batch, x.shape[0], cache)
             inputs = None if flow.context_key is None else batch[flow.context_key]
             ctx, null = flow.contexts(inputs, x.shape[0], self.device, cache)
             cond, null_cond = flow.condition(self.net, ctx), flow.condition(self.net, null)
@@ -162,9 +265,8 @@ class GaussianTask(DiffusionTask):
 
     @classmethod
     def check_run(cls, cfg: RunConfig) -> None:
-        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
-            raise ValueError("this preset trains on a trained autoencoder: set autoencoder.path=... (a local "
-                             "autoencoder run folder; train one first: versadiff train shapes_klae)")
+        cls.check_local_files(cfg, "this preset trains on a trained autoencoder: set autoencoder.path=... (a local "
+                                   "autoencoder run folder; train one first: versadiff train shapes_klae)")
 
     @classmethod
     def sampling(cls, cfg: RunConfig, flows: list[BoundFlow]) -> Any:
@@ -224,9 +326,8 @@ class VQDiffusionTask(DiffusionTask):
 
     @classmethod
     def check_run(cls, cfg: RunConfig) -> None:
-        if cfg.autoencoder is not None and not cfg.autoencoder.get("path"):
-            raise ValueError("VQ-Diffusion trains on the tokens of a VQ autoencoder: set autoencoder.path=... "
-                             "(train one first: versadiff train shapes_vqae)")
+        cls.check_local_files(cfg, "VQ-Diffusion trains on the tokens of a VQ autoencoder: set autoencoder.path=... "
+                                   "(train one first: versadiff train shapes_vqae)")
 
     @classmethod
     def sampling(cls, cfg: RunConfig, flows: list[BoundFlow]) -> Any:
