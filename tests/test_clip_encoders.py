@@ -28,7 +28,7 @@ from versadiff.encoders import (
     tokenizer_folder,
 )
 
-transformers = pytest.importorskip("transformers")
+import transformers  # a core dependency of versadiff (pyproject dependencies): missing is an error  # noqa: E402
 
 SIZE = 32  # vision image size of the tiny model; patch 8 -> 1 + 16 tokens
 PROJ = 24

@@ -10,7 +10,9 @@ import warnings
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
+from extras import require_extra  # noqa: E402
+
+diffusers = require_extra("diffusers")  # broken fails loudly; missing skips with the reason (fails under CI)
 from diffusers import AutoencoderKL as DiffusersKL  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint  # noqa: E402

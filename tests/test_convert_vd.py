@@ -17,7 +17,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-diffusers = pytest.importorskip("diffusers")
+from extras import require_extra  # noqa: E402
+
+diffusers = require_extra("diffusers")  # broken fails loudly; missing skips with the reason (fails under CI)
 from diffusers import AutoencoderKL as DiffusersKL  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.models import Transformer2DModel  # noqa: E402

@@ -11,6 +11,7 @@ import json
 import math
 
 import pytest
+from extras import require_extra
 import torch
 import torch.nn.functional as F
 
@@ -303,7 +304,7 @@ def test_sliced_position_tables_are_refused(tmp_path):
 
 
 def test_diffusers_vq_diffusion_folder(tmp_path):
-    pytest.importorskip("diffusers")
+    require_extra("diffusers")
     from diffusers import Transformer2DModel, VQDiffusionScheduler, VQModel
     from diffusers.pipelines.deprecated.vq_diffusion.pipeline_vq_diffusion import (
         LearnedClassifierFreeSamplingEmbeddings,
@@ -370,7 +371,7 @@ def test_diffusers_vq_diffusion_folder(tmp_path):
 
 def test_taming_vqgans(tmp_path):
     """A taming VQModel checkpoint (Lightning state_dict with loss.*) and a GumbelVQ one; level attention is refused."""
-    pytest.importorskip("diffusers")
+    require_extra("diffusers")
     from diffusers import VQModel
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 

@@ -1,6 +1,7 @@
 """Mask-and-replace process: schedule tables, transitions, log-space posterior vs dense Bayes and diffusers, loss."""
 
 import pytest
+from extras import require_extra
 import torch
 import torch.nn.functional as F
 
@@ -19,17 +20,20 @@ def _proc(preset="released", k=K, **kw):
     return DiscreteProcess(MaskReplaceSchedule.preset(preset, k), **kw)
 
 
-def test_released_schedule_matches_reference_table():
-    s = MaskReplaceSchedule.preset("released", 4096)
+def test_released_schedule_matches_the_released_formula():
+    """Oracle: diffusers' alpha_schedules / gamma_schedules (scheduling_vq_diffusion.py), a port of the released
+    VQ-Diffusion code's alpha_schedule (att 0.99999 -> 9e-6, ctt 9e-6 -> 0.99999, bt = (1 - at - ct) / K)."""
+    vq = require_extra("diffusers").schedulers.scheduling_vq_diffusion
+    k = 4096
+    s = MaskReplaceSchedule.preset("released", k)
     a, b, c = s.one_step()
     abar, bbar, cbar = s.cumulative()
-    idx = [0, 1, 49, 98, 99]
-    # reference vq_diffusion.md 1.2 (values independent of K)
-    assert torch.allclose(a[idx], torch.tensor([0.99999, 0.9898990808, 0.9803924994, 0.500222655, 0.0008902237249], dtype=torch.float64), rtol=1e-8)
-    assert torch.allclose(c[idx], torch.tensor([9e-06, 0.01010090909, 0.01960746251, 0.4997526178, 0.9990109604], dtype=torch.float64), rtol=1e-8)
-    assert torch.allclose(abar[idx], torch.tensor([0.99999, 0.9898891818, 0.5050499091, 0.01010981818, 9e-06], dtype=torch.float64), rtol=1e-8)
-    assert torch.allclose(cbar[idx], torch.tensor([9e-06, 0.01010981818, 0.4949490909, 0.9898891818, 0.99999], dtype=torch.float64), rtol=1e-8)
-    assert torch.allclose(bbar[:100], torch.full((100,), 2.441406e-10, dtype=torch.float64), rtol=1e-6)
+    at, att = (torch.from_numpy(v) for v in vq.alpha_schedules(100))
+    ct, ctt = (torch.from_numpy(v) for v in vq.gamma_schedules(100))
+    assert torch.allclose(a, at, rtol=1e-8) and torch.allclose(c, ct, rtol=1e-8)
+    assert torch.allclose(b, (1 - at - ct) / k, rtol=1e-6)
+    assert torch.allclose(abar, att, rtol=1e-8) and torch.allclose(cbar, ctt, rtol=1e-8, atol=1e-15)
+    assert torch.allclose(bbar, (1 - att - ctt) / k, rtol=1e-6, atol=1e-15)
     assert (abar[100], bbar[100], cbar[100]) == (1.0, 0.0, 0.0)  # index -1 = identity
     paper = MaskReplaceSchedule.preset("paper", 10)
     pa, pb, pc = paper.cumulative()
@@ -86,22 +90,24 @@ def test_log_posterior_equals_dense_bayes(preset, t, s):
     assert torch.allclose(out[0].exp().sum(0), torch.ones(8, dtype=torch.float64), atol=1e-9)
 
 
-def test_posterior_golden_vector():
-    # reference vq_diffusion.md 7.5: the released code's values on a fixed input
+def test_posterior_on_a_fixed_input_equals_diffusers():
+    """A fixed hand-made input (every code, a masked position) against diffusers' VQDiffusionScheduler.q_posterior
+    (a port of the released code) -- the oracle, not stored numbers."""
+    VQDiffusionScheduler = require_extra("diffusers").VQDiffusionScheduler
     logits = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 0, 2, 1, 0, 1], [2, 2, 0, 0, 1, 3], [0.5, 0, 1, 2, 3, 0]])
     log_p = F.log_softmax(logits[None].float(), dim=1)
     x_t = torch.tensor([[0, 1, 2, 3, 4, 4]])
-    out = _proc().q_posterior(log_p, x_t, torch.tensor([1])).exp()[0]
-    assert torch.allclose(out[:, 0], torch.tensor([0.990692, 0.002152, 0.005851, 0.001306, 0.0]), atol=2e-6)
-    assert torch.allclose(out[:, 4], torch.tensor([0.695767, 0.012744, 0.034640, 0.255958, 0.000890]), atol=2e-6)
-    out50 = _proc().q_posterior(log_p, x_t, torch.tensor([50])).exp()[0]
-    assert torch.allclose(out50[:, 5], torch.tensor([0.017235, 0.000316, 0.002333, 0.000116, 0.98]), atol=2e-6)
+    sched = VQDiffusionScheduler(num_vec_classes=K + 1, num_train_timesteps=100)
+    for t in (1, 50):
+        ref = sched.q_posterior(log_p, x_t, torch.tensor(t)).clamp(-70, 0)
+        ours = _proc().q_posterior(log_p, x_t, torch.tensor([t]))
+        assert torch.allclose(ours.exp(), ref.exp(), atol=2e-6)
 
 
 @pytest.mark.parametrize("num_classes", [5, 257])
 @pytest.mark.parametrize("t", [1, 2, 50, 99])
 def test_posterior_matches_diffusers_scheduler(num_classes, t):
-    from diffusers import VQDiffusionScheduler
+    VQDiffusionScheduler = require_extra("diffusers").VQDiffusionScheduler
 
     g = torch.Generator().manual_seed(t)
     k = num_classes - 1

@@ -68,7 +68,12 @@ def test_report_is_identical_on_one_and_two_processes(tmp_path, one_thread):
     ref = make_reference(tmp_path / "ref.npz")
     one = run_eval(ref, tmp_path / "one.json", cache=tmp_path / "cache")
     m = one["metrics"]
-    assert set(m) == set(METRICS) and 0 <= m["fmnist_acc"] <= 1 and m["fid"] > 0
+    assert set(m) == set(METRICS) and m["fid"] > 0
+    # fmnist_acc is the classifier's argmax against the requested classes of these very images (an oracle,
+    # not a range; image i: seed 3 + i, class i mod 10)
+    images, labels = GeneratorSource(TinyGenerator(), n=10, seed=3, sampler="ddim", steps=1, guidance=0.0).batch(range(10))
+    pred = load_fmnist_classifier()(images).argmax(1)
+    assert m["fmnist_acc"] == (pred == labels).sum().item() / 10
     assert one["samples"]["seeds"] == [3, 12] and one["features"]["inception"] == "pixel_projection_16"
     assert {"torch", "numpy", "scipy", "accelerate"} <= set(one["versions"])
     assert list((tmp_path / "cache").glob("*.npz"))  # reference statistics were cached
@@ -222,7 +227,8 @@ def test_cli_errors_are_one_line(tmp_path, monkeypatch, capsys):
 def test_shipped_classifier_is_small_documented_and_deterministic(one_thread):
     path = shipped_classifier_path()
     assert path.stat().st_size < 2_000_000
-    assert float(classifier_metadata()["test_accuracy"]) >= 0.90
+    # its accuracy is measured on the real test set in tests/test_shipped_models.py, not read from here
+    assert {"seed", "epochs", "test_accuracy", "script"} <= set(classifier_metadata())
     x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     a, b = load_fmnist_classifier()(x), load_fmnist_classifier()(x)
     assert a.shape == (4, 10) and torch.equal(a, b)
@@ -236,12 +242,10 @@ def test_shipped_classifier_is_small_documented_and_deterministic(one_thread):
         FMNISTFeatures()(padded)
 
 
-def test_classifier_accuracy_on_real_fashion_mnist_when_installed(one_thread):
-    idx = pytest.importorskip("versadiff.data.idx")
-    root = idx.find_fashion_mnist()
-    if root is None:
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    ds = idx.MNISTDataset(root, split="test")
+def test_classifier_accuracy_on_real_fashion_mnist_through_the_dataset_reader(fashion_mnist, one_thread):
+    from versadiff.data import idx
+
+    ds = idx.MNISTDataset(fashion_mnist, split="test")
     items = [ds[i] for i in range(1000)]
     x = torch.stack([it["image"] for it in items])
     y = torch.tensor([it["label"] for it in items])

@@ -156,8 +156,9 @@ def test_grid_finals_and_continuous_spacings():
     assert torch.allclose(lam, torch.linspace(-20, 20, 5, dtype=torch.float64))
     kar = timesteps_for(COSINE, 18, "karras", sigma_min=0.002, sigma_max=80.0)
     sig = torch.exp(-0.5 * kar.logsnr[:-1])
-    # EDM's 18-step grid (reference §3.1)
-    assert float(sig[0]) == pytest.approx(80.0) and float(sig[1]) == pytest.approx(57.586, abs=1e-3)
+    # EDM's 18-step grid, eq. 5 of Karras et al. 2022 (rho = 7) as the oracle
+    edm1 = (80.0 ** (1 / 7) + (0.002 ** (1 / 7) - 80.0 ** (1 / 7)) / 17) ** 7  # 57.586
+    assert float(sig[0]) == pytest.approx(80.0) and float(sig[1]) == pytest.approx(edm1, rel=1e-9)
     assert float(sig[-1]) == pytest.approx(0.002) and torch.allclose(COSINE.logsnr(kar.t), kar.logsnr[:-1])
 
 

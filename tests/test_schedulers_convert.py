@@ -22,7 +22,9 @@ from versadiff.denoiser import Denoiser
 from versadiff.processes.schedules import build_schedule
 from versadiff.samplers import PerSampleNoise, sample
 
-diffusers = pytest.importorskip("diffusers")
+from extras import require_extra  # noqa: E402
+
+diffusers = require_extra("diffusers")  # broken fails loudly; missing skips with the reason (fails under CI)
 logging.getLogger("diffusers").setLevel(logging.ERROR)  # "config attributes ... will be ignored" for shared configs
 
 TOL = 1e-5

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from extras import require_extra
 import torch
 
 from versadiff.processes import (
@@ -100,7 +101,7 @@ DIFFUSERS_CASES = [
 
 @pytest.mark.parametrize("name,kwargs,ours", DIFFUSERS_CASES, ids=[c[0] for c in DIFFUSERS_CASES])
 def test_float32_tables_equal_diffusers_exactly(name, kwargs, ours):
-    DDPMScheduler = pytest.importorskip("diffusers").DDPMScheduler
+    DDPMScheduler = require_extra("diffusers").DDPMScheduler
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule=name, **kwargs)
     sched = DiscreteSchedule.from_betas(ours())
     assert torch.equal(sched.alphas_cumprod, ref.alphas_cumprod.double())
@@ -114,7 +115,7 @@ def test_float32_tables_equal_diffusers_exactly(name, kwargs, ours):
 
 
 def test_zero_terminal_snr_matches_diffusers_and_stays_finite_before_the_end():
-    DDPMScheduler = pytest.importorskip("diffusers").DDPMScheduler
+    DDPMScheduler = require_extra("diffusers").DDPMScheduler
     ref = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True)
     cfg = {"type": "discrete", "betas": "scaled_linear", "dtype": "float32", "rescale_zero_terminal_snr": True}
     sched = build_schedule(cfg)
@@ -134,11 +135,14 @@ def test_discrete_reference_values_and_grid():
     lin = DiscreteSchedule.from_betas(linear_betas())
     T = lin.num_steps
     ends = torch.tensor([1.0, 1.0 / T], dtype=f64)
-    # reference section 0: s_max 157.41, s_min 0.0100, lambda_D(999) = -5.059, lambda_D(0) = +4.605
-    assert lin.sigma_ve(ends).tolist() == pytest.approx([157.41, 0.0100], abs=5e-3)
-    assert (lin.logsnr(ends) / 2).tolist() == pytest.approx([-5.059, 4.605], abs=1e-3)
-    sd = DiscreteSchedule.from_betas(scaled_linear_betas())
-    assert sd.sigma_ve(ends).tolist() == pytest.approx([14.6146, 0.0292], abs=1e-4)
+    # oracle: DDPM's table (Ho et al. 2020: betas linspace(1e-4, 0.02, 1000)), SD's (sqrt-linear 0.00085 -> 0.012);
+    # sigma_VE = sqrt((1 - abar) / abar): 157.41 and 0.0100 for DDPM, 14.6146 and 0.0292 for SD
+    for sched, betas in ((lin, torch.linspace(1e-4, 0.02, 1000, dtype=f64)),
+                         (DiscreteSchedule.from_betas(scaled_linear_betas()),
+                          torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=f64) ** 2)):
+        abar = torch.cumprod(1 - betas, 0)[[-1, 0]]
+        assert torch.allclose(sched.sigma_ve(ends), ((1 - abar) / abar).sqrt(), rtol=1e-10)
+        assert torch.allclose(sched.logsnr(ends), torch.log(abar / (1 - abar)), rtol=1e-10)
     # every table entry n sits exactly at t = (n + 1) / T and the network sees index n
     n = torch.arange(T)
     t = lin.t_from_index(n)
@@ -170,11 +174,12 @@ def test_vpsde_schedule():
 
 def test_karras_sigmas_match_edm():
     got = karras_sigmas(18, 0.002, 80.0)
-    # reference section 3.1 (EDM, N = 18), without the trailing 0
-    ref = [80, 57.586, 40.786, 28.375, 19.353, 12.910, 8.401, 5.315, 3.257, 1.923, 1.088, 0.585, 0.296, 0.140,
-           0.060, 0.0229, 0.0075, 0.002]
+    # oracle: EDM (Karras et al. 2022) eq. 5, sigma_i = (smax^(1/rho) + i/(N-1) (smin^(1/rho) - smax^(1/rho)))^rho,
+    # rho = 7, without the trailing 0 (80, 57.586, 40.786, ..., 0.0075, 0.002)
+    i = torch.arange(18, dtype=f64)
+    ref = (80.0 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
     assert got.dtype == f64 and got.shape == (18,)
-    assert torch.allclose(got, torch.tensor(ref, dtype=f64), rtol=2e-3, atol=6e-4)
+    assert torch.allclose(got, ref, rtol=1e-12)
     assert got[0].item() == 80.0 and got[-1].item() == 0.002
     assert torch.all(got[1:] < got[:-1])
     assert karras_sigmas(1, 0.1, 10.0).tolist() == [10.0]

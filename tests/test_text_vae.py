@@ -21,7 +21,7 @@ from versadiff.autoencoders.text_vae import (
 )
 from versadiff.convert.optimus import infer_optimus_config, load_optimus, optimus_to_versadiff, read_optimus_state
 
-transformers = pytest.importorskip("transformers")
+import transformers  # a core dependency (pyproject dependencies): missing is an error  # noqa: E402
 
 CAPS = ["a red circle", "there is a blue square in the top left", "At the bottom, a small cyan triangle"]
 

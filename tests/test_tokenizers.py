@@ -25,7 +25,7 @@ from versadiff.encoders.tokenizers import (
     tokenizer_folder,
 )
 
-pytest.importorskip("transformers")
+import transformers  # noqa: E402,F401  (a core dependency: missing is an error)
 ROOT = Path(__file__).resolve().parents[1]
 LONG = " and ".join(["a small red circle in the top left"] * 12)
 
