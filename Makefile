@@ -12,11 +12,13 @@ $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e .
+	$(PIP) install -q -e ".[serve]"
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base
 	$(PIP) install -q -e ".[test]"
+	# FID cross-check (tests/test_fid_crosscheck.py): --no-deps, its torchvision requirement would replace torch
+	$(PIP) install -q --no-deps torch-fidelity==0.4.0
 	touch $@
 
 setup: $(VENV)/.stamp-base

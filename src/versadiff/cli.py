@@ -99,6 +99,17 @@ def _cycle_labels(model: Any, n: int, cls: str | None) -> list[int] | None:
     return None
 
 
+def _cycle_prompts(model: Any, n: int, prompts: list[str] | None, cls: str | None) -> list[str] | None:
+    """--prompt TEXT (repeatable: image i uses prompt i mod k) for a model with a text-to-image flow."""
+    if not prompts:
+        return None
+    if cls is not None:
+        raise CLIError("give --class or --prompt, not both")
+    if "text-to-image" not in model.flows:
+        raise CLIError(f"--prompt needs a text-to-image model; {model.source} has the flows {', '.join(model.flows)}")
+    return [prompts[i % len(prompts)] for i in range(n)]
+
+
 SAMPLE_MARK = "versadiff sample"  # settings.json's "written_by": what `sample --force` may replace
 
 
@@ -173,12 +184,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     s = model.config.sample
     sampler = args.sampler or s.sampler
     steps = args.steps if args.steps is not None else s.steps
-    guidance = args.guidance if args.guidance is not None else (s.guidance if model.num_classes else 0.0)
-    labels = _cycle_labels(model, args.n, args.cls)
+    prompts = _cycle_prompts(model, args.n, args.prompt, args.cls)
+    conditional = bool(model.num_classes) or prompts is not None
+    guidance = args.guidance if args.guidance is not None else (s.guidance if conditional else 0.0)
+    labels = _cycle_labels(model, args.n, args.cls) if prompts is None else None
     seeds = list(range(args.seed, args.seed + args.n))
     truncation = args.truncation if args.truncation is not None else getattr(s, "truncation", 1.0)
     kw = dict(sampler=sampler, steps=steps, guidance=guidance, class_labels=labels, batch_size=args.batch_size,
               truncation=truncation)
+    if prompts is not None:
+        kw.update(flow="text-to-image", context=prompts)
     model.request(seeds, **kw)  # every check before any sampling
     with autocast(precision, device):
         images = model.generate(seeds, device=device, progress=not args.quiet and sys.stderr.isatty(), **kw)
@@ -186,11 +201,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     records = [{"file": f"seed{seed:06d}.png", "seed": seed, "class": None if labels is None else labels[i],
-                "class_name": _name(model, labels[i]) if labels is not None else None} for i, seed in enumerate(seeds)]
+                "class_name": _name(model, labels[i]) if labels is not None else None,
+                **({} if prompts is None else {"prompt": prompts[i]})} for i, seed in enumerate(seeds)]
     settings = {"written_by": SAMPLE_MARK, "complete": False, "checkpoint": str(model.source), "step": model.step,
                 "n": args.n, "sampler": sampler, "steps": steps,
                 "guidance": guidance, "guidance_convention": "(1 + w) * cond - w * uncond", "seed": args.seed,
-                "truncation": truncation,
+                "truncation": truncation, **({} if prompts is None else {"prompts": list(args.prompt)}),
                 "batch_size": args.batch_size, "device": str(device), "precision": precision,
                 "precision_requested": args.precision, "precision_reason": why,
                 "sampler_options": model.config.sample.options,
@@ -330,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truncation", type=float, metavar="R",
                    help="VQ-Diffusion: keep the top codes holding mass R per token, 0 < R <= 1 (default: the run's)")
     s.add_argument("--class", dest="cls", metavar="C", help="class index or name (default: cycle through classes)")
+    s.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="text-to-image models: the prompt (repeat it for several: image i uses prompt i mod k; "
+                        "without one, a text model samples unconditionally)")
     s.add_argument("--seed", type=int, default=0, help="first seed; image i uses seed + i")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -377,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     from versadiff.generate import register_generate_command
 
     register_generate_command(sub)
+    from versadiff.serve import register_serve_command
+
+    register_serve_command(sub)
     return p
 
 

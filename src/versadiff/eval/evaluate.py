@@ -191,8 +191,6 @@ class FolderSource(ImageSource):
         return len(self.files)
 
     def batch(self, indices: Sequence[int]) -> tuple[Tensor, Tensor | None]:
-        from PIL import Image
-
         from versadiff.data import load_image
 
         arrs = []

@@ -21,7 +21,7 @@ from versadiff.nets.layers import NetConfig
 from versadiff.nets.multiflow import MULTIFLOW_PRESETS, MultiFlowDiffuser
 from versadiff.nets.unet import UNet, UNetConfig
 from versadiff.nets.uvit import UViT, UViTConfig
-from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer, VQTransformerConfig
+from versadiff.nets.vq_transformer import VQ_PRESETS, VQTransformer
 
 __all__ = [
     "PRESETS",
