@@ -120,9 +120,14 @@ def _scheduler_config(run: Any) -> dict[str, Any]:
     d, s = run.diffusion, run.sample
     try:
         return to_diffusers_scheduler_config(d.schedule, s.sampler, dict(s.options), d.prediction, clip_x0=d.clip_x0)
-    except ValueError:
+    except ValueError as e:
+        import warnings
+
         from versadiff.convert.vd_files import VD_SCHEDULER
 
+        # diffusers' pipelines need a scheduler folder; the closest is VD's own, but it is not this model's
+        warnings.warn(f"the run's schedule has no diffusers scheduler ({e}); the export gets VD's DDIM scheduler, "
+                      "so diffusers will sample this model wrongly (the networks and weights are exact)", stacklevel=2)
         return dict(VD_SCHEDULER)
 
 
