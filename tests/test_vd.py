@@ -167,3 +167,17 @@ def test_full_size_presets_count_and_name_what_to_set(preset, params, flows, tmp
     err = capsys.readouterr().err
     assert err.startswith("versadiff: error: this preset reads local files: set codecs.image.path=") and "data.shards=" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_multi_flow_training_streams_captioned_shards(parts, tmp_path, one_thread):
+    """VD streams Laion-style shards: images with their captions, written here from the shapes set."""
+    shards = tmp_path / "shards"
+    assert main(["shards", "--dataset", "{name: shapes, size: 24, seed: 3}", str(shards),
+                 "--samples-per-shard", "8"]) == 0
+    data = f'data={{name: webdataset, shards: "{shards}/{{00000..00002}}.tar", resolution: 32, shuffle_buffer: 8}}'
+    cfg = load_config("vd_shapes", vd_overrides(parts) + ["train.max_steps=3", data])
+    run = Trainer(cfg, out=tmp_path / "run", quiet=True).run()
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert {f"loss_{f}" for f in FLOWS} <= set(rows[-1])
+    assert (run / "samples" / "step-00000003.png").is_file()  # grid prompts from the first streamed batch
+    assert load_model(run).text_to_image("a red circle", seeds=[0], steps=2).shape == (1, 3, 32, 32)

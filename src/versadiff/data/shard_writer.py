@@ -338,7 +338,8 @@ def add_shards_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the arguments of `versadiff shards` to `p` (a subcommand parser); run them with `run_shards`."""
     p.description = p.description or "Write an image folder as img2dataset-style webdataset shards."
     p.add_argument("source", metavar="SOURCE",
-                   help="folder of images or of class sub-folders (labels); captions from sibling .txt files")
+                   help="folder of images or of class sub-folders (labels); captions from sibling .txt files; with "
+                        "--dataset, a dataset config in YAML flow form, e.g. '{name: shapes, size: 20000}'")
     p.add_argument("out_dir", metavar="OUT_DIR",
                    help="a new or empty folder for 00000.tar, 00000.parquet, 00000_stats.json, ...")
     p.add_argument("--samples-per-shard", type=_positive_int, default=10000, metavar="N", help="default 10000")
@@ -346,6 +347,8 @@ def add_shards_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--quality", type=_quality, default=95, metavar="Q", help="jpg/webp quality when re-encoding (1..100)")
     p.add_argument("--classes", default="auto", choices=list(CLASS_MODES),
                    help="auto = class sub-folders become labels (.cls), a flat folder has none")
+    p.add_argument("--dataset", action="store_true",
+                   help="SOURCE is a dataset config (versadiff.data.build_dataset): its images, captions and labels")
     p.add_argument("--overwrite", action="store_true",
                    help="replace shards an earlier `versadiff shards` wrote into OUT_DIR (never other files)")
     return p
@@ -354,7 +357,18 @@ def add_shards_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run_shards(args: argparse.Namespace) -> int:
     """Run `versadiff shards` with parsed arguments; prints a summary and returns 0. User errors raise
     ValueError / FileNotFoundError subclasses with one-line messages."""
-    tars = write_shards(args.source, args.out_dir, args.samples_per_shard, args.format, args.quality, args.overwrite,
+    source: Any = args.source
+    if args.dataset:
+        import yaml
+
+        from versadiff.data.registry import build_dataset
+
+        try:
+            spec = yaml.safe_load(args.source)
+        except yaml.YAMLError:
+            raise ValueError(f"--dataset: {args.source!r} is not YAML (e.g. '{{name: shapes, size: 20000}}')") from None
+        source = build_dataset(spec)
+    tars = write_shards(source, args.out_dir, args.samples_per_shard, args.format, args.quality, args.overwrite,
                         args.classes)
     manifest = read_manifest(Path(args.out_dir).expanduser()) or {}
     extra = []

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from versadiff.config import ConfigError, DiffusionConfig, RunConfig
 from versadiff.flows import BoundFlow, bind_flows
@@ -71,6 +71,7 @@ class DiffusionTask(Task):
         #: cached context modality -> its ContextCache (the batches carry "context.<modality>")
         self.cached_contexts = self._bind_cached_contexts(dataset)
         self._flow_sums: dict[str, float] = {}
+        self._seen_contexts: dict[str, list] = {}  # streamed data: the first batch's contexts, for sample grids
         self._flow_n = 0
 
     @classmethod
@@ -206,6 +207,11 @@ class DiffusionTask(Task):
         return flow.codec.encode(data)
 
     def losses(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> Tensor:
+        if isinstance(self.dataset, IterableDataset):  # a streamed dataset has no items to draw grid prompts from
+            for flow in self.flows:
+                key = flow.context_key
+                if key is not None and key not in self._seen_contexts and key in batch:
+                    self._seen_contexts[key] = list(batch[key])[: self.cfg.sample.n]
         total = None
         data: dict[str, Tensor] = {}  # each modality is encoded once per batch, whichever flows share it
         cache: dict[Any, Tensor] = {}
@@ -244,8 +250,12 @@ class DiffusionTask(Task):
         context = None
         if k:
             context = [i % k for i in range(s.n)]
-        elif flow.context_key is not None:  # the contexts of the first dataset items
-            context = [self.dataset[i % len(self.dataset)][flow.context_key] for i in range(s.n)]
+        elif flow.context_key is not None:  # the contexts of the first dataset items (streamed: of the first batch)
+            if isinstance(self.dataset, IterableDataset):
+                seen = self._seen_contexts.get(flow.context_key) or []
+                context = [seen[i % len(seen)] for i in range(s.n)] if seen else None
+            else:
+                context = [self.dataset[i % len(self.dataset)][flow.context_key] for i in range(s.n)]
         images = model.generate(range(s.seed, s.seed + s.n), flow=flow.name, context=context, batch_size=s.n,
                                 device=self.device)
         return images, grid_rows(s.n, k)
