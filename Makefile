@@ -12,7 +12,7 @@ $(VENV)/.stamp-base: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==$(TORCH_VERSION)
-	$(PIP) install -q -e ".[serve]"
+	$(PIP) install -q -e ".[serve,eval]"
 	touch $@
 
 $(VENV)/.stamp-test: $(VENV)/.stamp-base

@@ -5,6 +5,12 @@
     versadiff eval --ref data.yaml --metrics fid,pr --save-ref ref.npz --out ref.json   (reference statistics only)
     accelerate launch --num_processes 8 -m versadiff.cli eval CHECKPOINT ...   (seed range split across GPUs)
 
+A multi-flow (VD) model's flows, against a caption set in COCO-captions JSON format (versadiff.eval.vd):
+
+    versadiff eval --write-caption-set shapes -n 200 -o shapes_captions/     (held-out shapes as a caption set)
+    versadiff eval vd-shapes --task text-to-image --captions shapes_captions/ --metrics fid,clip -o t2i.json
+    versadiff eval vd-shapes --task image-to-text --captions shapes_captions/ --metrics bleu,chrf,clip -o i2t.json
+
 Every output (--out, --save-ref) and the sampling request are checked before any work: an existing report or
 statistics file is refused, and with --force replaced only when versadiff wrote it. --precision (default auto:
 bf16 where the device runs it natively, else fp32) applies to sampling only, never to the feature extractors.
@@ -23,12 +29,13 @@ TRAIN_DATA = "train-data"
 
 def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     """Add the `eval` sub-command to an argparse sub-parser collection."""
-    e = subparsers.add_parser("eval", help="FID, KID, IS, precision/recall and class accuracy of samples")
+    e = subparsers.add_parser("eval", help="FID, KID, IS, precision/recall, class accuracy and CLIP score of samples; "
+                                           "BLEU / chrF / CLIP score of VD's image -> text captions")
     e.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT",
-                   help="exported .safetensors, run folder or checkpoint dir to sample from")
+                   help="exported .safetensors, run folder, checkpoint dir or shipped model name to sample from")
     e.add_argument("--images", metavar="PATH", help="evaluate these images instead: a folder or an .npz batch")
     e.add_argument("--labels", metavar="FILE", help="class of each --images file (.txt one per line, or .npy)")
-    e.add_argument("--n", type=int, help="number of samples (checkpoint: required; images: default all)")
+    e.add_argument("-n", "--n", type=int, help="number of samples (checkpoint: required; images: default all)")
     e.add_argument("--ref", action="append", default=[], metavar="STATS_OR_DATASET",
                    help=f"reference: statistics .npz, image folder, .npz batch, YAML data config, or "
                         f"'{TRAIN_DATA}' (the checkpoint's training data, without flips); repeat for several "
@@ -36,8 +43,10 @@ def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--ref-n", type=int, help="use the first N reference images (default: all)")
     e.add_argument("--ref-feature", metavar="NAME", help="feature space of --ref statistics that name none, e.g. "
                                                         "inception_v3_pool3 for pytorch-fid --save-stats files")
-    e.add_argument("--metrics", default="fid", help="comma list: fid, kid, is, pr, fmnist_fd, fmnist_acc, "
-                                                    "shapes_fd, shapes_acc, clip, acc, fd (default: fid)")
+    e.add_argument("--metrics", help="comma list: fid, kid, is, pr, fmnist_fd, fmnist_acc, shapes_fd, shapes_acc, "
+                                     "clip, acc, fd (default: fid); --task image-to-text: bleu, chrf, clip (default: "
+                                     "all three); --task text-to-image: the image metrics without *_acc (default: "
+                                     "fid,clip)")
     e.add_argument("--domain", choices=["fmnist", "shapes"],
                    help="domain evaluator that 'acc' / 'fd' mean (default: from the checkpoint's dataset)")
     e.add_argument("--sampler", help="sampler (default: the run's)")
@@ -53,9 +62,23 @@ def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
                                                        "(default: $VERSADIFF_INCEPTION_WEIGHTS)")
     e.add_argument("--fmnist-input", choices=["pad", "resize"],
                    help="how non-28x28 Fashion-MNIST images were enlarged (default: from the checkpoint's config)")
-    e.add_argument("--clip", metavar="DIR", help="local CLIP model folder (transformers format) for 'clip'")
+    e.add_argument("--clip", "--clip-model", dest="clip", metavar="DIR",
+                   help="local CLIP model folder for 'clip' (transformers CLIPModel, or a versadiff ClipPair folder; "
+                        "default with --task: the model's own CLIP)")
     e.add_argument("--prompts", metavar="FILE", help="CLIP score prompts, one line per image "
                                                      "(default: each image's class name)")
+    vd = e.add_argument_group("multi-flow (VD) models: score a flow against a caption set (versadiff.eval.vd)")
+    vd.add_argument("--task", metavar="FLOW", help="text-to-image (image metrics against the caption set's images, "
+                                                   "CLIP score against the prompts) or image-to-text (BLEU, chrF "
+                                                   "against every reference caption, CLIP score against the image)")
+    vd.add_argument("--captions", metavar="DIR_OR_JSON",
+                    help="the caption set: a COCO-captions JSON ({images: [{id, file_name}], annotations: "
+                         "[{image_id, caption}]}) or a folder holding captions.json; -n defaults to its image count")
+    vd.add_argument("--caption-images", metavar="DIR",
+                    help="folder the JSON's file_name entries are under (default: the JSON's folder)")
+    vd.add_argument("--write-caption-set", metavar="NAME",
+                    help="write a caption set instead of evaluating: 'shapes' (-n held-out shapes items) as the new "
+                         "folder -o DIR (captions.json + PNGs)")
     e.add_argument("--kid-subsets", type=int, default=100)
     e.add_argument("--kid-subset-size", type=int, default=1000)
     e.add_argument("--cache", metavar="DIR", help="cache reference statistics computed from datasets here")
@@ -63,7 +86,8 @@ def register_eval_command(subparsers: Any) -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                    help="sampling precision: auto (default; bf16 where the device runs it natively, else fp32), no "
                         "(fp32), bf16, fp16 (GPU only); metrics are always computed in fp32")
-    e.add_argument("--out", required=True, metavar="REPORT.json", help="where to write the JSON report (a new file)")
+    e.add_argument("-o", "--out", required=True, metavar="REPORT.json",
+                   help="where to write the JSON report (a new file); with --write-caption-set the new folder")
     e.add_argument("--force", action="store_true", help="replace an existing versadiff report / statistics file")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_eval)
@@ -163,7 +187,12 @@ def check_outputs(args: argparse.Namespace) -> None:
     if args.save_ref is not None:
         if not str(args.save_ref).endswith(".npz"):
             raise ValueError(f"--save-ref {args.save_ref}: statistics files end in .npz")
-        metrics = parse_metrics(args.metrics, args.domain)
+        if getattr(args, "task", None) is not None:
+            from .vd import parse_task_metrics
+
+            metrics = parse_task_metrics(args.task, args.metrics)
+        else:
+            metrics = parse_metrics(args.metrics or "fid", args.domain)
         keys = sorted({METRICS[m][0] for m in metrics if m in METRICS})
         for key in keys or [None]:
             path = _save_path(args.save_ref, key, metrics) if key else Path(args.save_ref)
@@ -195,7 +224,7 @@ def _reference_only(args: argparse.Namespace, device: str) -> int:
 
     if TRAIN_DATA in args.ref:
         raise ValueError(f"--ref {TRAIN_DATA} needs a CHECKPOINT; give the dataset itself")
-    opts = EvalOptions(metrics=parse_metrics(args.metrics, args.domain), batch_size=args.batch_size,
+    opts = EvalOptions(metrics=parse_metrics(args.metrics or "fid", args.domain), batch_size=args.batch_size,
                        ref_n=args.ref_n, ref_feature=args.ref_feature, inception_weights=args.inception,
                        fmnist_input=args.fmnist_input)
     report = compute_reference(args.ref, opts, args.save_ref, device=device, cache_dir=args.cache)
@@ -215,6 +244,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from versadiff.precision import resolve_device, resolve_precision
 
     check_sampling_options(args)
+    if args.write_caption_set is not None:
+        return _write_caption_set(args)
+    if args.task is not None:
+        return _flow_eval(args)
+    for opt, value in (("--captions", args.captions), ("--caption-images", args.caption_images)):
+        if value is not None:
+            raise ValueError(f"{opt} applies to --task text-to-image / image-to-text (a VD model's flows)")
     check_outputs(args)  # nothing is computed before every output path is known to be writable and new
     state = _state()
     device = str(resolve_device(args.device)) if args.device else str(state.device)
@@ -257,13 +293,76 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError(f"--ref {TRAIN_DATA} needs a CHECKPOINT; with --images give the dataset itself")
         source = open_source(args.images, n=args.n, labels=args.labels)
         refs = list(args.ref)
-    opts = EvalOptions(metrics=parse_metrics(args.metrics, domain), batch_size=args.batch_size,
+    opts = EvalOptions(metrics=parse_metrics(args.metrics or "fid", domain), batch_size=args.batch_size,
                        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, ref_n=args.ref_n,
                        ref_feature=args.ref_feature,
                        inception_weights=args.inception, fmnist_input=fmnist_input, clip_model=args.clip,
                        prompts=_read_prompts(args.prompts), seed=args.seed)
     report = evaluate(source, refs, opts, device=device, cache_dir=args.cache, progress=not args.quiet,
                       save_ref=args.save_ref)
+    write_report(report, args.out)
+    if state.is_main_process:
+        print(json.dumps(report["metrics"]))
+        print(f"wrote {Path(args.out)}")
+    return 0
+
+
+def _write_caption_set(args: argparse.Namespace) -> int:
+    """`versadiff eval --write-caption-set shapes -n N -o DIR`: a COCO-captions folder, nothing evaluated."""
+    from .captions import write_caption_set
+
+    extra = [opt for opt, v in (("CHECKPOINT", args.checkpoint), ("--task", args.task), ("--images", args.images),
+                                ("--captions", args.captions), ("--ref", args.ref or None)) if v is not None]
+    if extra:
+        raise ValueError(f"--write-caption-set writes a caption set and evaluates nothing: drop {', '.join(extra)}")
+    if args.n is None:
+        raise ValueError("--write-caption-set needs -n N (how many images to write)")
+    path = write_caption_set(args.write_caption_set, args.out, args.n)
+    if not args.quiet:
+        print(f"wrote {args.n} images and {path}")
+    return 0
+
+
+def _flow_eval(args: argparse.Namespace) -> int:
+    """`versadiff eval CHECKPOINT --task text-to-image|image-to-text --captions SET`: a VD flow's metrics."""
+    import json
+
+    from versadiff.precision import resolve_device, resolve_precision
+
+    from .captions import load_caption_set
+    from .evaluate import EvalOptions, _state, write_report
+    from .vd import check_task, evaluate_flow, parse_task_metrics
+
+    if args.checkpoint is None:
+        raise ValueError(f"--task {args.task} needs a CHECKPOINT (a VD model: shipped name, run folder or "
+                         ".safetensors)")
+    for opt, value in (("--images", args.images), ("--labels", args.labels), ("--ref", args.ref or None),
+                       ("--prompts", args.prompts), ("--truncation", args.truncation), ("--domain", args.domain),
+                       ("--ref-feature", args.ref_feature)):
+        if value is not None:
+            raise ValueError(f"{opt} does not apply to --task {args.task}: the caption set (--captions) gives the "
+                             "inputs and the reference")
+    metrics = parse_task_metrics(args.task, args.metrics)
+    check_outputs(args)
+    if args.captions is None:
+        raise ValueError(f"--task {args.task} needs --captions DIR_OR_JSON (a COCO-captions set; write the shapes one "
+                         "with: versadiff eval --write-caption-set shapes -n 200 -o DIR)")
+    captions = load_caption_set(args.captions, args.caption_images)
+    state = _state()
+    device = str(resolve_device(args.device)) if args.device else str(state.device)
+    precision, _ = resolve_precision(args.precision, device, key="--precision")
+    from versadiff.models import load_model
+
+    model = load_model(args.checkpoint, device=device)
+    check_task(model, args.task, str(args.checkpoint))
+    _with_precision(model, precision, device)
+    opts = EvalOptions(metrics=metrics, batch_size=args.batch_size, kid_subsets=args.kid_subsets,
+                       kid_subset_size=args.kid_subset_size, ref_n=args.ref_n, inception_weights=args.inception,
+                       fmnist_input=args.fmnist_input, clip_model=args.clip, seed=args.seed)
+    report = evaluate_flow(model, args.task, captions, opts, n=args.n, sampler=args.sampler, steps=args.steps,
+                           guidance=args.guidance, device=device, cache_dir=args.cache, progress=not args.quiet,
+                           save_ref=args.save_ref)
+    report["samples"]["precision"] = precision
     write_report(report, args.out)
     if state.is_main_process:
         print(json.dumps(report["metrics"]))

@@ -15,7 +15,7 @@ import json
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,8 @@ __all__ = [
     "DatasetSource",
     "EvalOptions",
     "extract_features",
+    "map_batches",
+    "quantize_images",
     "evaluate",
     "compute_reference",
     "parse_metrics",
@@ -136,9 +138,13 @@ class GeneratorSource(ImageSource):
         images = self.model.generate([self.seed + i for i in indices], sampler=self.sampler, steps=self.steps,
                                      guidance=self.guidance, class_labels=labels, batch_size=len(indices),
                                      device=self.device, **extra)
-        # quantise to 8 bits as saving to PNG does, so `eval CHECKPOINT` equals `sample` + `eval --images`
-        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-        return images, None if labels is None else torch.tensor(labels)
+        return quantize_images(images), None if labels is None else torch.tensor(labels)
+
+
+def quantize_images(images: Tensor) -> Tensor:
+    """Images in [-1, 1] rounded to 8 bits as saving a PNG does, so scoring a checkpoint's samples equals
+    scoring the PNGs `versadiff sample` / `generate` write of them."""
+    return ((images.float().clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
 
 
 def _read_labels(path: Path, n: int) -> list[int]:
@@ -281,43 +287,53 @@ def _state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def extract_features(source: ImageSource, extractors: dict[str, FeatureExtractor], batch_size: int = 64,
-                     progress: bool = False) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray | None]:
-    """Run every extractor on every image, split across the accelerate processes.
-
-    Returns ({extractor: {"features": [N, D] float32, "logits"?: [N, K]}}, labels [N] or None) on every
-    process, rows in image-index order.
-    """
+def map_batches(n: int, batch_size: int, fn: Callable[[list[int]], Any], progress: bool = False,
+                desc: str = "eval batches") -> list[Any]:
+    """`fn(indices)` for every fixed batch [0, B), [B, 2B), ... of n indices, split across the accelerate
+    processes (process r of W takes batches r, r + W, ...) and gathered: every process gets the list of all
+    results in batch order. Results must be picklable (numpy arrays, strings)."""
     from accelerate.utils import gather_object
 
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     state = _state()
-    n = len(source)
     batches = [list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)]
     mine = list(range(state.process_index, len(batches), state.num_processes))
-    results = []
-    for k in _progress(mine, progress and state.is_main_process):
-        images, labels = source.batch(batches[k])
-        outs = {name: {key: v.numpy() for key, v in ex(images).items()} for name, ex in extractors.items()}
-        results.append((k, outs, None if labels is None else labels.numpy()))
+    results = [(k, fn(batches[k])) for k in _progress(mine, progress and state.is_main_process, desc)]
     if state.num_processes > 1:
         results = gather_object(results)
     results.sort(key=lambda r: r[0])
     if [r[0] for r in results] != list(range(len(batches))):
         raise RuntimeError("feature gathering lost batches; all processes must evaluate the same source")
-    merged = {name: {key: np.concatenate([r[1][name][key] for r in results]) for key in results[0][1][name]}
+    return [r[1] for r in results]
+
+
+def extract_features(source: ImageSource, extractors: dict[str, FeatureExtractor], batch_size: int = 64,
+                     progress: bool = False) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray | None]:
+    """Run every extractor on every image, split across the accelerate processes (`map_batches`).
+
+    Returns ({extractor: {"features": [N, D] float32, "logits"?: [N, K]}}, labels [N] or None) on every
+    process, rows in image-index order.
+    """
+
+    def one_batch(indices: list[int]) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray | None]:
+        images, labels = source.batch(indices)
+        outs = {name: {key: v.numpy() for key, v in ex(images).items()} for name, ex in extractors.items()}
+        return outs, None if labels is None else labels.numpy()
+
+    results = map_batches(len(source), batch_size, one_batch, progress)
+    merged = {name: {key: np.concatenate([r[0][name][key] for r in results]) for key in results[0][0][name]}
               for name in extractors} if results else {}
-    labels = None if any(r[2] is None for r in results) else np.concatenate([r[2] for r in results])
+    labels = None if any(r[1] is None for r in results) else np.concatenate([r[1] for r in results])
     return merged, labels
 
 
-def _progress(items: list, show: bool) -> Any:
+def _progress(items: list, show: bool, desc: str = "eval batches") -> Any:
     if not show:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc="eval batches")
+    return tqdm(items, desc=desc)
 
 
 # ---------------------------------------------------------------------------------------------------

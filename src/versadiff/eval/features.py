@@ -10,6 +10,9 @@ Built in:
   shapes      the shapes attribute reader (versadiff.data.attributes): per image a 33-d attribute
               histogram (18 colour x shape classes, 2 sizes, 9 positions, 1 or 2 shapes, unreadable
               shapes, no shape) and the read class as "pred" (-1 when unreadable).
+  clip        CLIP image embeddings (text embeddings via `text_features`) from a local folder: a transformers
+              CLIPModel folder, or a versadiff ClipPair folder (clip_pair.json: the miniature CLIPs, e.g. the
+              vd-shapes model's own, asset:vd_shapes/clip).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ __all__ = [
     "FMNISTFeatures",
     "ShapesFeatures",
     "CLIPFeatures",
+    "ClipPairFeatures",
+    "clip_features",
     "register_feature_extractor",
     "build_feature_extractor",
     "feature_extractor_names",
@@ -205,8 +210,47 @@ class CLIPFeatures(FeatureExtractor):
         return F.normalize(emb, dim=-1).float().cpu()
 
 
+class ClipPairFeatures(FeatureExtractor):
+    """Unit-norm CLIP embeddings of a versadiff ClipPair folder (clip_pair.json + a CLIPModel, as
+    `ClipPair.save_pretrained` writes), with the pair's own tokenizer and image preprocessing."""
+
+    def __init__(self, model_dir: str, device: str | torch.device = "cpu") -> None:
+        from pathlib import Path
+
+        from versadiff.encoders.clip import ClipPair
+
+        self.device = torch.device(device)
+        self.pair = ClipPair.load_pretrained(model_dir).to(self.device).eval()
+        self.name = f"clip_pair_image_embeds:{Path(model_dir).resolve().name}"
+        self.dim = int(self.pair.config.projection_dim)
+
+    def extract(self, images: Tensor) -> dict[str, Tensor]:
+        if images.shape[1] not in (1, 3):
+            raise ValueError(f"CLIP features need 1- or 3-channel images; got {images.shape[1]} channels")
+        return {"features": self.pair.image_features(images.float().to(self.device))}
+
+    @torch.no_grad()
+    def text_features(self, prompts: list[str]) -> Tensor:
+        """Unit-norm text embeddings [N, D] (prompts truncated to the pair's context length)."""
+        return self.pair.text_features(list(prompts)).float().cpu()
+
+
+def clip_features(model_dir: str | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The "clip" extractor of a local folder (`asset:` paths allowed): ClipPairFeatures where the folder holds
+    clip_pair.json, else CLIPFeatures (a transformers CLIPModel folder)."""
+    from pathlib import Path
+
+    if model_dir is not None:
+        from versadiff.assets import resolve_path
+
+        model_dir = str(resolve_path(model_dir))
+        if (Path(model_dir) / "clip_pair.json").is_file():
+            return ClipPairFeatures(model_dir, device=device)
+    return CLIPFeatures(model_dir, device=device)
+
+
 _REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {
-    "clip": CLIPFeatures,
+    "clip": clip_features,
     "inception": InceptionFeatures,
     "fmnist": FMNISTFeatures,
     "shapes": ShapesFeatures,
