@@ -42,6 +42,8 @@ __all__ = [
     "config_diff",
     "key_allowed",
     "RESUME_HARMLESS",
+    "EVAL_OPTIONS",
+    "names_list",
 ]
 
 PRESET_PACKAGE = "versadiff.configs"
@@ -104,6 +106,31 @@ class TrainConfig:
     #: full_shard (ZeRO-3) | shard_grad_op (ZeRO-2), wrap: auto | [block class names], cpu_offload: false};
     #: checked by versadiff.train.distributed (added with the multi-process / FSDP work)
     fsdp: dict = field(default_factory=dict)
+    #: experiment trackers, through accelerate's (Accelerator(log_with=...)): tensorboard (the default; logs in
+    #: RUN/tensorboard/), wandb, mlflow, comet_ml, aim, clearml, dvclive, swanlab, trackio, a tracker registered
+    #: with accelerate.tracking.register_tracker_class, a list or comma list of them, or none. stats.jsonl is always
+    #: written. Offline: WANDB_MODE=offline (wandb), MLFLOW_TRACKING_URI=file:... (mlflow)
+    log_with: str | list = "tensorboard"
+    #: keyword arguments per tracker for accelerate's init_trackers, e.g. {wandb: {entity: me, tags: [a, b]}}
+    log_kwargs: dict = field(default_factory=dict)
+    #: evaluation during training (the metrics of `versadiff eval`) every N steps and at the end; 0: never
+    eval_every: int = 0
+    #: metric names as `versadiff eval --metrics` takes them (fid, kid, is, pr, clip, acc, fd, shapes_acc, ...), a
+    #: list or comma list; auto: fd (+ acc for class-conditional models) where the data has a domain evaluator
+    #: (shapes, fashion_mnist), else fid
+    eval_metrics: str | list = "auto"
+    eval_n: int = 256  # samples per evaluation: seeds eval_seed + i, class i mod num_classes (the same every time)
+    eval_seed: int = 0
+    #: the reference for fid / kid / pr / *_fd: train-data (the run's data, no flips), a statistics .npz, an image
+    #: folder, an .npz batch or a YAML data config
+    eval_ref: str = "train-data"
+    #: the scalar whose best value is kept in RUN/best/ (EMA weights + best.json): a metric name (fid, shapes_acc,
+    #: precision, recall, kid, is, ...); auto: the first metric; null: keep no best/
+    eval_best: str | None = "auto"
+    eval_batch_size: int = 64
+    #: more evaluation settings (versadiff.eval.EvalOptions): inception_weights, clip_model, ref_n (reference images,
+    #: default all up to 50000), kid_subsets, kid_subset_size, pr_k, fmnist_input, prompts
+    eval_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +145,7 @@ class SampleConfig:
     options: dict = field(default_factory=dict)  # extra sampler keyword options (e.g. eta)
     # VQ-Diffusion only: keep the top codes holding this much probability mass per token (1.0 = off)
     truncation: float = 1.0
+    labels: bool = True  # training-time grids: class names under their columns (class-conditional models)
 
 
 @dataclass
@@ -161,12 +189,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE: tuple[str, ...] = ("train.batch_size", "train.max_steps", "train.grad_accum", "train.keep_last",
                              "train.log_every", "sample.steps", "sample.n", "train.lr", "train.adam_eps",
-                             "train.grad_clip", "diffusion.clip_x0")
+                             "train.grad_clip", "diffusion.clip_x0", "train.eval_n", "train.eval_batch_size")
 NON_NEGATIVE: tuple[str, ...] = ("train.warmup_steps", "train.sample_every", "train.checkpoint_every",
-                                 "train.num_workers", "diffusion.train_steps", "train.weight_decay")
+                                 "train.num_workers", "diffusion.train_steps", "train.weight_decay",
+                                 "train.eval_every")
 #: keys a resumed run may change without --allow-change: they change what is logged/kept, never the maths
 RESUME_HARMLESS: tuple[str, ...] = ("name", "description", "train.log_every", "train.sample_every",
-                                    "train.checkpoint_every", "train.keep_last")
+                                    "train.checkpoint_every", "train.keep_last", "train.log_with", "train.log_kwargs",
+                                    "train.eval_every", "train.eval_metrics", "train.eval_n", "train.eval_seed",
+                                    "train.eval_ref", "train.eval_best", "train.eval_batch_size", "train.eval_options",
+                                    "sample.labels")
+#: the keys of train.eval_options (versadiff.eval.EvalOptions fields a run may set)
+EVAL_OPTIONS: tuple[str, ...] = ("inception_weights", "clip_model", "ref_n", "kid_subsets", "kid_subset_size", "pr_k",
+                                 "is_splits", "fmnist_input", "prompts")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -332,6 +367,12 @@ def _check_shared_sections(cfg: RunConfig) -> None:
         for modality, spec in getattr(cfg, section).items():
             if not isinstance(spec, dict) or "type" not in spec:
                 raise ConfigError(f"config key '{section}.{modality}' must be a mapping with a 'type', got {spec!r}")
+    _check_names(cfg.train.log_with, "train.log_with")
+    _check_names(cfg.train.eval_metrics, "train.eval_metrics")
+    unknown = sorted(set(cfg.train.eval_options) - set(EVAL_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown config key 'train.eval_options.{unknown[0]}'; valid keys under 'train.eval_options': "
+                          f"{', '.join(EVAL_OPTIONS)}")
     for i, group in enumerate(cfg.train.param_groups):
         if not isinstance(group, dict) or "match" not in group or set(group) - {"match", "lr_mult", "grad_mult"}:
             raise ConfigError(f"config key 'train.param_groups[{i}]' must be {{match: REGEX, lr_mult: x, grad_mult: y}}, "
@@ -340,6 +381,18 @@ def _check_shared_sections(cfg: RunConfig) -> None:
             v = group.get(k, 1.0)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < float("inf"):
                 raise ConfigError(f"config key 'train.param_groups[{i}].{k}' must be a finite number >= 0, got {v!r}")
+
+
+def names_list(value: str | list | None) -> list[str]:
+    """A comma list or a list of names as a list ("a, b" -> ["a", "b"]; "none", "" or [] -> [])."""
+    items = value.split(",") if isinstance(value, str) else list(value or [])
+    names = [str(v).strip() for v in items if str(v).strip()]
+    return [] if names in (["none"], ["None"], ["null"]) else names
+
+
+def _check_names(value: Any, key: str) -> None:
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"config key '{key}' expects a name, a comma list of names or a list of names, got {value!r}")
 
 
 def _get(obj: Any, dotted: str) -> Any:

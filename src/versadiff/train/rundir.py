@@ -12,7 +12,8 @@ __all__ = ["new_run_dir", "RUN_SUBDIRS", "RUN_FILES", "move_run_files_aside"]
 
 RUN_SUBDIRS = ("samples", "checkpoints", "export")
 #: every entry the trainer writes into a run folder
-RUN_FILES = frozenset({*RUN_SUBDIRS, "config.yaml", "config.json", "stats.jsonl", "run.json", "tensorboard"})
+RUN_FILES = frozenset({*RUN_SUBDIRS, "config.yaml", "config.json", "stats.jsonl", "run.json", "tensorboard",
+                       "best", "loss.png", "eval.png", "eval_ref"})
 _SAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 
 

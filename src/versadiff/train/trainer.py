@@ -19,6 +19,11 @@ Reliability rules (README "Runs are never overwritten"):
     latest checkpoint (manifest sha256) is set aside with a warning and the previous good one is used.
   * A NaN/inf loss or gradient norm stops training before the update is applied (TrainingDivergedError); the last
     checkpoint stays the last good one, and no checkpoint with non-finite weights is ever written.
+
+Records: stats.jsonl (every log line and evaluation), accelerate's trackers (`train.log_with`, TensorBoard by
+default: scalars and sample grids), loss.png / eval.png redrawn at every checkpoint, and with `train.eval_every` the
+metrics of `versadiff eval` on the EMA weights (fixed seeds), the best of them kept in RUN/best/ (EMA weights and
+best.json, replaced atomically; nothing else is ever deleted for it).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -42,11 +47,11 @@ from torch.utils.data import DataLoader, IterableDataset
 from versadiff.config import (RESUME_HARMLESS, ConfigError, RunConfig, apply_overrides, config_diff,
                               config_from_dict, key_allowed, save_config)
 from versadiff.errors import CheckpointError, OutputExistsError, TrainingDivergedError
-from versadiff.images import save_grid
+from versadiff.images import make_grid
 from versadiff.train import checkpoint as ck
 from versadiff.train import distributed as dist_
 from versadiff.train.ema import EMA
-from versadiff.train.logging import StatsLogger
+from versadiff.train.logging import StatsLogger, Trackers, check_trackers, plot_run, read_stats, tracker_names
 from versadiff.train.rundir import RUN_FILES, RUN_SUBDIRS, move_run_files_aside, new_run_dir
 from versadiff.weights import CONFIG_KEY, INFO_KEY
 
@@ -205,11 +210,13 @@ class Trainer:
         quiet: bool = False,
         force: bool = False,
         allow_change: list[str] | tuple[str, ...] = (),
+        trackers: Sequence[Any] = (),
     ) -> None:
         """cfg: the run's config; None with `resume`: the config the checkpoint recorded. out: the run folder
         (new, empty, or the run to resume). resume: True (the newest good checkpoint of `out`), a checkpoint or
         a run folder. force: start over in a used `out` (its run files are moved aside). allow_change: config
-        keys (or sections) a resumed run may change, besides RESUME_HARMLESS."""
+        keys (or sections) a resumed run may change, besides RESUME_HARMLESS. trackers: accelerate GeneralTracker
+        instances to log to besides `train.log_with` (already initialised, as accelerate takes them)."""
         from accelerate import Accelerator, PartialState
         from accelerate.state import AcceleratorState
 
@@ -227,7 +234,7 @@ class Trainer:
         self.changes: list[tuple[str, Any, Any]] = []
         if self.resume_from is not None:
             ckpt_cfg, ckpt_info = _checkpoint_meta(self.resume_from)
-            cfg = ckpt_cfg if cfg is None else cfg
+            cfg = ckpt_cfg if cfg is None else _num_classes_as_recorded(cfg, ckpt_cfg)
             self.changes = _check_resume_config(ckpt_cfg, cfg, self.resume_from, allow_change)
         elif cfg is None:
             raise ValueError("no config given: name a preset or YAML file, or --resume a run")
@@ -242,6 +249,8 @@ class Trainer:
         task_class(check_config(cfg).task).check_run(cfg)
         _check_data(cfg)
         self.cfg, tc = cfg, cfg.train
+        self.tracker_names = tracker_names(tc.log_with)
+        check_trackers(self.tracker_names)  # a tracker that is not installed is named before anything is built
         # The precision: `auto` resolves on this device (versadiff.precision); a resumed run keeps the one it
         # started with (its checkpoint records it), so that it continues bit for bit.
         device = PartialState().device
@@ -269,7 +278,17 @@ class Trainer:
         # config is the authority, so reset it (the distributed PartialState is kept).
         AcceleratorState._reset_state(reset_partial_state=False)
         plugin = dist_.fsdp_plugin(fsdp_opts, self.precision) if self.fsdp else None
-        self.accelerator = acc = Accelerator(mixed_precision=self.precision, fsdp_plugin=plugin)
+        if self.fsdp and tc.eval_every:
+            raise ConfigError("train.eval_every with train.fsdp (several processes) is not supported yet: evaluate the "
+                              "checkpoints with versadiff eval, or set train.eval_every=0")
+        from accelerate.utils import ProjectConfiguration
+
+        # the trackers' folder is set once the run folder is known (Trackers.start)
+        log_with = [*self.tracker_names, *trackers]
+        self.accelerator = acc = Accelerator(mixed_precision=self.precision, fsdp_plugin=plugin,
+                                             log_with=log_with or None,
+                                             project_config=ProjectConfiguration(project_dir=str(run_dir or runs_root)))
+        self.trackers = Trackers(acc, [*self.tracker_names, *(t.name for t in trackers)])
         self.rank, self.world = acc.process_index, acc.num_processes
 
         # Everything that can reject the config is built before a run folder is created.
@@ -287,6 +306,8 @@ class Trainer:
         if not self.streaming and len(self.dataset) < tc.batch_size * self.world:
             raise ValueError(f"the dataset has {len(self.dataset)} items, fewer than one batch "
                              f"({tc.batch_size} x {self.world} processes); lower train.batch_size")
+        # model.num_classes: auto -> the data's classes (recorded in the saved config); a conflict is one line
+        self.cfg = cfg = _resolve_num_classes(cfg, self.dataset, None if quiet or not acc.is_main_process else _note)
 
         torch.manual_seed(_seed_for(tc.seed, 0, 1))  # same initial weights on every process
         # the task (versadiff.tasks) builds the network and owns the losses, sample grids and task state
@@ -324,6 +345,10 @@ class Trainer:
         self.step, self.epoch, self.position = 0, 0, 0
         self._seed_globals(_seed_for(tc.seed, self.rank, 3))
         self._check_sample_grid()  # the grid at the end must not be what fails a finished run
+        # evaluation during training: metrics, reference and feature networks resolved now (a bad name, a missing
+        # reference or weight file stops the run here, before its folder exists); building them draws no training RNG
+        self.evaluator = self._build_evaluator() if tc.eval_every else None
+        self.best: dict[str, Any] | None = None
         if self.fsdp and not acc.is_main_process:
             self.ema_net = None  # under FSDP only the main process samples and exports (host memory: 4 B/param)
         if self.resume_from is not None:
@@ -353,6 +378,10 @@ class Trainer:
         self.logger = StatsLogger(run_dir) if acc.is_main_process else None
         if self.logger is not None:
             self.logger.truncate_after(self.step)
+            self.best = self._best_so_far()
+        if self.evaluator is not None:  # reference statistics, computed at the first evaluation, kept for the next
+            self.evaluator.cache_dir = run_dir / "eval_ref"
+        self._start_trackers()
         if acc.is_main_process and not quiet:
             what = f"resuming {self.resume_from} at step {self.step}" if self.resume_from else "training"
             _note(f"{what} in {run_dir}: mixed precision {self.precision} ({self.precision_reason})")
@@ -368,6 +397,7 @@ class Trainer:
                 record = json.loads(path.read_text())
             except ValueError:
                 record = {}
+        record.setdefault("run_id", os.urandom(6).hex())  # the trackers' run id (wandb resumes the same run)
         record.update({"format": "versadiff-run-1", "mixed_precision": self.cfg.train.mixed_precision,
                        "mixed_precision_resolved": self.precision, "mixed_precision_reason": self.precision_reason,
                        "device": str(self.accelerator.device), "num_processes": self.world,
@@ -404,6 +434,60 @@ class Trainer:
                               f"run: {text}") from None
         finally:
             del self.task.loaded
+
+    def _build_evaluator(self) -> Any:
+        """The run's TrainingEvaluator, its sampling request checked against the EMA model; a bad setting is one
+        ConfigError line. Built under an RNG guard: constructing feature networks must not move the training RNGs."""
+        from versadiff.eval.training import TrainingEvaluator
+
+        cfg = self.cfg
+        with _rng_guard(self.accelerator.device):
+            try:
+                ev = TrainingEvaluator(cfg, self.info, self.accelerator.device)
+                model = self.task.loaded(self.ema_net, self.info, "")
+                if not hasattr(model, "request"):
+                    raise ConfigError(f"train.eval_every: task {cfg.task!r} makes no samples to evaluate (its "
+                                      "checkpoints are scored otherwise); set train.eval_every=0")
+                ev.check(model)
+            except ConfigError:
+                raise
+            except (ValueError, FileNotFoundError) as e:  # a bad name, a missing reference or weight file
+                text = " ".join(str(e).split())
+                for flag, key in _EVAL_FLAGS:  # the messages of `versadiff eval` name its options; a run has keys
+                    text = text.replace(flag, key)
+                if not text.startswith("train.eval"):
+                    text = f"train.eval_every: the evaluation would fail: {text}"
+                raise ConfigError(text) from None
+        return ev
+
+    def _best_so_far(self) -> dict[str, Any] | None:
+        """The best evaluation in stats.jsonl (already cut at the resumed step): {metric, value, step}."""
+        ev = self.evaluator
+        if ev is None or ev.best is None:
+            return None
+        best = None
+        for entry in read_stats(self.run_dir / "stats.jsonl"):
+            v = entry.get(f"eval/{ev.best}")
+            if isinstance(v, (int, float)) and ev.better(float(v), None if best is None else best["value"]):
+                best = {"metric": ev.best, "value": float(v), "step": int(entry["step"])}
+        return best
+
+    def _start_trackers(self) -> None:
+        """accelerate's trackers, in the run folder, with the run config as hyper-parameters; a resumed run's
+        TensorBoard drops the events after its checkpoint (they are logged again)."""
+        tc = self.cfg.train
+        defaults: dict[str, dict[str, Any]] = {}
+        if self.resume_from is not None:
+            defaults["tensorboard"] = {"purge_step": self.step + 1}
+        run_id = ""
+        if self.accelerator.is_main_process:
+            try:
+                run_id = str(json.loads((self.run_dir / "run.json").read_text()).get("run_id", ""))
+            except (OSError, ValueError):
+                run_id = ""
+        user = {k: dict(v or {}) for k, v in dict(tc.log_kwargs).items()}
+        kwargs = {n: {**defaults.get(n, {}), **user.get(n, {})} for n in {*defaults, *user}}
+        self.trackers.start(self.run_dir, self.cfg.name, self.cfg.to_dict(), run_id or self.run_dir.name, kwargs)
 
     # -- setup helpers -------------------------------------------------------------------------
 
@@ -528,20 +612,29 @@ class Trainer:
                 window_loss, window_n, busy, imgs = 0.0, 0, 0.0, 0
             if tc.sample_every and self.step % tc.sample_every == 0:
                 self.save_samples()
+            # before the checkpoint of the same step: a checkpoint at step N means its evaluation is recorded
+            if self.evaluator is not None and self.step % tc.eval_every == 0:
+                self.evaluate()
             if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                 self.save_checkpoint()
         if bar is not None:
             bar.close()
         if until is None or stop == tc.max_steps:
+            if self.evaluator is not None and self.step % tc.eval_every != 0:
+                self.evaluate()  # the final weights are always evaluated
             if not (tc.checkpoint_every and self.step % tc.checkpoint_every == 0):
                 self.save_checkpoint()
             if not (tc.sample_every and self.step % tc.sample_every == 0):
                 self.save_samples()
             self.export()
-        if self.logger is not None:
-            self.logger.close()
+        self._close_records()
         acc.wait_for_everyone()
         return self.run_dir
+
+    def _close_records(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        self.trackers.finish()
 
     def _train_step(self, batches: Iterator[dict[str, Any]]) -> tuple[float, float]:
         tc, acc = self.cfg.train, self.accelerator
@@ -577,8 +670,7 @@ class Trainer:
 
     def _diverged(self, loss: float, grad_norm: float) -> None:
         last = ck.latest_checkpoint(self.run_dir / "checkpoints")
-        if self.logger is not None:
-            self.logger.close()
+        self._close_records()
         where = (f"the last checkpoint {last} (step {int(last.name.split('-')[1])}) is good: continue from it with "
                  "--resume --allow-change train.lr --set train.lr=... (lower)" if last is not None else
                  "no checkpoint was written yet: lower train.lr (or set train.grad_clip) and start over with --force")
@@ -598,8 +690,10 @@ class Trainer:
         return {"data_skipped": sum(v for k, v in stats.items() if k != "samples")} if stats else {}
 
     def _log(self, stats: dict[str, Any]) -> None:
+        """stats.jsonl (everything) and the trackers (the numbers)."""
         if self.logger is not None:
             self.logger.log(self.step, stats)
+        self.trackers.log(stats, self.step)
 
     # -- outputs -------------------------------------------------------------------------------
 
@@ -638,7 +732,76 @@ class Trainer:
         if grid is None:
             return None
         images, nrow = grid
-        return save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png", nrow=nrow)
+        mosaic = make_grid(images, nrow, labels=self._grid_labels(len(images)))
+        path = _save_png(mosaic, self.run_dir / "samples" / f"step-{self.step:08d}.png")
+        self.trackers.log_image("samples", mosaic if mosaic.shape[-1] == 3 else mosaic.repeat(3, axis=-1),
+                                self.step, path)
+        return path
+
+    def _grid_labels(self, n: int) -> list[str] | None:
+        """The training grid's captions (sample.labels): the class of each column of a class-conditional grid,
+        whose sample i is of class i mod num_classes."""
+        k = int(self.info.get("num_classes", 0) or 0)
+        flows = getattr(self.task, "flows", None) or []
+        image_flow = next((f for f in flows if f.flow.data == "image"), None)
+        if not self.cfg.sample.labels or not k or image_flow is None or image_flow.flow.context != "class" \
+                or n != self.cfg.sample.n:
+            return None
+        names = list(self.info.get("class_names") or [])
+        return [names[i % k] if i % k < len(names) else f"class {i % k}" for i in range(n)]
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float] | None:
+        """Score the EMA weights with the run's evaluation (train.eval_*): the same N seeds every time, results
+        in stats.jsonl as eval/<name> and to the trackers; a new best replaces RUN/best/. Every process calls it
+        (the samples are split over them); the training RNG streams are left as they were."""
+        ev = self.evaluator
+        if ev is None:
+            return None
+        t0 = time.perf_counter()
+        with _rng_guard(self.accelerator.device), torch.no_grad():
+            results = ev(self.loaded_ema())
+        stats: dict[str, Any] = {f"eval/{k}": v for k, v in results.items()}
+        stats.update(eval_n=ev.n, eval_seconds=round(time.perf_counter() - t0, 3))
+        self._log(stats)
+        if self.accelerator.is_main_process and ev.best is not None:
+            value = results.get(ev.best)
+            if value is not None and ev.better(float(value), None if self.best is None else self.best["value"]):
+                self._save_best(float(value), results)
+            if not self.quiet:
+                what = ", ".join(f"{k} {v:.4g}" for k, v in results.items() if not k.endswith("_std"))
+                tail = f" (best {self.best['value']:.4g} at step {self.best['step']})" if self.best else ""
+                _note(f"step {self.step} evaluation on {ev.n} samples: {what}{tail}")
+        self.accelerator.wait_for_everyone()
+        return results
+
+    def _save_best(self, value: float, results: dict[str, float]) -> Path:
+        """RUN/best/: the EMA weights (loadable like an export: versadiff sample RUN/best/model.safetensors) and
+        best.json, written to a temporary folder and renamed over the previous best."""
+        ev = self.evaluator
+        record = {"metric": ev.best, "mode": ev.mode, "value": value, "step": self.step, "metrics": results,
+                  "eval_n": ev.n, "eval_seed": ev.seed, "metrics_requested": list(ev.metrics)}
+        tensors, meta = self.ema.state_dict(), self._metadata()
+
+        def write(tmp: Path) -> None:
+            ck.save_tensors(tmp / "model.safetensors", tensors, meta)
+            self.task.export_files(self.ema_net, tmp)  # what an export holds beside the weights (e.g. encoders)
+            (tmp / "best.json").write_text(json.dumps(record, indent=2) + "\n")
+
+        path = ck.write_atomic_dir(self.run_dir / "best", write)
+        self.best = {"metric": ev.best, "value": value, "step": self.step}
+        return path
+
+    def plot(self) -> list[Path]:
+        """Redraw RUN/loss.png (and eval.png when the run evaluates) from stats.jsonl (main process)."""
+        if not self.accelerator.is_main_process:
+            return []
+        try:
+            return plot_run(self.run_dir, self.best)
+        except Exception as e:  # a picture must never be what stops a run
+            _note(f"warning: could not draw loss.png ({type(e).__name__}: {e})")
+            return []
 
     def _rng_states(self) -> list[dict[str, Any]]:
         """Every process's RNG, task and data states (gathered on all processes)."""
@@ -694,6 +857,7 @@ class Trainer:
 
             path = ck.write_atomic_dir(self.run_dir / "checkpoints" / ck.checkpoint_name(self.step), write)
             ck.prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_last)
+            self.plot()
         acc.wait_for_everyone()
         return path
 
@@ -745,6 +909,7 @@ class Trainer:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
             ck.prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_last)
+            self.plot()
         elif failed is not None:
             raise CheckpointError(f"a process could not write its checkpoint shard ({failed})")
         acc.wait_for_everyone()
@@ -825,6 +990,41 @@ class Trainer:
         ck.save_tensors(path, full, self._metadata())  # temporary sibling, fsync, rename
         self.task.export_files(self.ema_net, path.parent)  # e.g. a CLIP pair's transformers folder
         return path
+
+
+def _num_classes_as_recorded(cfg: RunConfig, recorded: RunConfig) -> RunConfig:
+    """A resumed run's `model.num_classes: auto` is what its checkpoint resolved it to (so the configs compare)."""
+    if cfg.model.get("num_classes") == "auto" and "num_classes" in recorded.model:
+        import dataclasses
+
+        return dataclasses.replace(cfg, model={**cfg.model, "num_classes": recorded.model["num_classes"]})
+    return cfg
+
+
+def _resolve_num_classes(cfg: RunConfig, dataset: Any, note: Any = None) -> RunConfig:
+    """`model.num_classes: auto` becomes the number of classes of the data (0: unconditional); a number that
+    conflicts with the data is a one-line ConfigError naming both."""
+    import dataclasses
+
+    nc = cfg.model.get("num_classes")
+    k = int(getattr(dataset, "num_classes", 0) or 0)
+    data = cfg.data.get("name", "?")
+    if nc == "auto":
+        if note is not None:
+            note(f"model.num_classes=auto: {k} classes from the data ({data})" if k else
+                 f"model.num_classes=auto: the data ({data}) has no classes; training an unconditional model")
+        return dataclasses.replace(cfg, model={**cfg.model, "num_classes": k})
+    if nc is None:
+        return cfg
+    if isinstance(nc, bool) or not isinstance(nc, int) or nc < 0:
+        raise ConfigError(f"config key 'model.num_classes' must be an integer >= 0 or auto (the data's classes), "
+                          f"got {nc!r}")
+    if nc and nc != k:
+        have = f"{k} classes" if k else "no classes"
+        fix = f"set model.num_classes={k}" if k else "set model.num_classes=0 (unconditional) or use data with classes"
+        raise ConfigError(f"model.num_classes is {nc} but the dataset has {have} (data.name {data}); {fix}, or "
+                          "model.num_classes=auto to take it from the data")
+    return cfg
 
 
 def _check_world(path: Path, world: int, state: dict[str, Any] | None = None) -> None:
@@ -934,20 +1134,48 @@ def param_groups(net: torch.nn.Module, spec: list[dict[str, Any]], lr: float) ->
 
 def train(cfg: RunConfig | None, *, out: str | Path | None = None, runs_root: str | Path = "runs",
           resume: str | bool | None = None, quiet: bool = False, force: bool = False,
-          allow_change: list[str] | tuple[str, ...] = ()) -> Path:
+          allow_change: list[str] | tuple[str, ...] = (), trackers: Sequence[Any] = ()) -> Path:
     """Train a run to completion; returns its folder."""
     return Trainer(cfg, out=out, runs_root=runs_root, resume=resume, quiet=quiet, force=force,
-                   allow_change=allow_change).run()
+                   allow_change=allow_change, trackers=trackers).run()
 
 
 def _clean_temporaries(run_dir: Path) -> None:
     """Remove the hidden temporaries a killed write left next to the run's own files (.config.yaml.tmp-PID, ...)."""
-    for folder, names in ((run_dir, ("config.yaml", "config.json", "stats.jsonl", "run.json")),
+    for folder, names in ((run_dir, ("config.yaml", "config.json", "stats.jsonl", "run.json", "loss.png", "eval.png")),
                           (run_dir / "export", ("model.safetensors",))):
         for name in names:
             for stale in folder.glob(f".{name}.tmp-*"):
                 if stale.is_file():
                     stale.unlink(missing_ok=True)
+
+
+#: `versadiff eval` options named in the evaluation's messages -> the run config keys that set them
+_EVAL_FLAGS = (("pass --clip DIR", "set train.eval_options.clip_model=DIR"),
+               ("with --inception PATH", "in train.eval_options.inception_weights"),
+               ("with --fmnist-input", "with train.eval_options.fmnist_input"))
+
+
+@contextlib.contextmanager
+def _rng_guard(device: Any) -> Iterator[None]:
+    """Run a block without moving the training RNG streams: torch (CPU and this CUDA device), numpy, random."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [device] if getattr(device, "type", str(device)) == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def _save_png(mosaic: np.ndarray, path: Path) -> Path:
+    """A uint8 [H, W, C] mosaic as a PNG."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mosaic[..., 0] if mosaic.shape[-1] == 1 else mosaic).save(path)
+    return path
 
 
 def _note(message: str) -> None:
