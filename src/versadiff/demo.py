@@ -124,13 +124,16 @@ def _html(sections: list, s: Any) -> str:
 
 
 def run_class_demo(out: Path, weights: Path, *, batch_size: int = 72, device: str = "cpu",
-                   quiet: bool = False, per_class: int = 4, sampler: str = "dpmpp", steps: int = 20) -> dict[str, Any]:
-    """The class-conditional shapes demo: one image per class and seed, scored by the attribute reader."""
+                   quiet: bool = False, per_class: int = 4, sampler: str = "dpmpp", steps: int = 20,
+                   labels: bool = True) -> dict[str, Any]:
+    """The class-conditional shapes demo: one image per class and seed, scored by the attribute reader; with
+    `labels`, demo_grid.png names each column's class under it."""
     from versadiff.data.attributes import conditional_accuracy
     from versadiff.images import save_grid
     from versadiff.models import load_model
     from versadiff.outputs import library_versions
 
+    captioned = labels  # `labels` below are the classes sampled
     model = load_model(weights)
     if not model.num_classes:
         raise ValueError(f"{weights} is not a class-conditional model; the class demo needs the shapes preset")
@@ -140,7 +143,9 @@ def run_class_demo(out: Path, weights: Path, *, batch_size: int = 72, device: st
     images = model.generate(list(range(len(labels))), class_labels=labels, sampler=sampler, steps=steps, guidance=g,
                             batch_size=batch_size, device=device)
     out.mkdir(parents=True, exist_ok=True)
-    grid = save_grid(images, out / "demo_grid.png", nrow=k)
+    names = list(model.class_names or [])
+    captions = [names[c] if c < len(names) else f"class {c}" for c in labels]  # each column's class, under it
+    grid = save_grid(images, out / "demo_grid.png", nrow=k, labels=captions if captioned else None)
     acc = float(conditional_accuracy(images, torch.tensor(labels)))
     report = {"weights": str(weights), "grid": str(grid), "conditional_accuracy": acc, "n": len(labels),
               "sampler": sampler, "steps": steps, "guidance": g, "versions": library_versions()}

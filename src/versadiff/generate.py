@@ -62,7 +62,7 @@ def register_generate_command(sub: Any) -> None:
     app.add_argument("--image-strength", type=float, help="i2t2i: the input image's weight in the final generation "
                                                          "(default 0.33, VD v0)")
     app.add_argument("--weights", type=float, nargs="+", help="blend: one weight per --image, then per --prompt")
-    g.add_argument("--n", type=int, default=4, help="number of samples (default 4)")
+    g.add_argument("-n", "--n", type=int, default=4, help="number of samples (default 4)")
     g.add_argument("--seed", type=int, default=0, help="first seed; sample i uses seed + i")
     g.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
     g.add_argument("--sampler", help="ddim, dpmpp, ddpm, euler, heun, ... (default: the run's)")
@@ -71,7 +71,8 @@ def register_generate_command(sub: Any) -> None:
     guide.add_argument("--guidance-scale", type=float, help="diffusers' scale s: uncond + s (cond - uncond); 1 = off")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--device", help="cpu, cuda, ... (default: cuda if available)")
-    g.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    g.add_argument("-o", "--out", required=True, help="output folder (must not exist or be empty)")
+    g.add_argument("--no-labels", action="store_true", help="grid.png without the prompt / class under it")
     g.add_argument("--quiet", action="store_true")
     g.set_defaults(func=cmd_generate)
 
@@ -146,7 +147,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for seed, img in zip(seeds, to_pil(result)):
             img.save(out / f"seed{seed:06d}.png")
             files.append(f"seed{seed:06d}.png")
-        save_grid(result, out / "grid.png", nrow=min(8, len(seeds)))
+        save_grid(result, out / "grid.png", nrow=min(8, len(seeds)),
+                  labels=None if args.no_labels else _grid_labels(model, args, len(seeds), rows))
         files.append("grid.png")
     else:
         rows = [{"seed": s, "text": t} for s, t in zip(seeds, result)]
@@ -164,6 +166,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {', '.join(files[:3])}{' ...' if len(files) > 3 else ''} and settings.json to {out}")
     return 0
+
+
+def _grid_labels(model: Any, args: argparse.Namespace, n: int, rows: list[dict[str, Any]] | None) -> list[str] | None:
+    """grid.png's captions: each image's own prompt (i2t2i), else the prompt(s) or class every image was made for."""
+    if rows and all("prompt" in r for r in rows) and len(rows) == n:
+        return [str(r["prompt"]) for r in rows]
+    if args.prompt:
+        return [" + ".join(args.prompt)] * n
+    if args.cls is not None:
+        try:
+            k = model.class_index(args.cls)
+            names = list(model.class_names or [])
+            return [names[k] if 0 <= k < len(names) else f"class {k}"] * n
+        except (ValueError, AttributeError, TypeError):
+            return [str(args.cls)] * n
+    return None
 
 
 def _inputs(args: argparse.Namespace, prompts: str, images: str) -> tuple[list[str], list[str]]:
