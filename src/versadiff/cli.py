@@ -1,4 +1,6 @@
-"""The `versadiff` command: train, sample, demo, presets, export (and eval when installed).
+"""The `versadiff` command: train, sample, generate, eval, demo, presets, models, export, convert, shards, serve.
+
+Start-up stays fast: this module and the parsers import no torch; each command imports what it runs.
 
 Every error a user can cause (bad config or option, missing or damaged file, a device the machine lacks, an output
 that would overwrite something) prints `versadiff: error: <one line naming the file or option and the fix>` and
@@ -79,6 +81,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # sample
+
+
+def _package_version() -> str:
+    from versadiff import _version
+
+    return _version()
 
 
 def _versions() -> dict[str, str]:
@@ -216,7 +224,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for rec, img in zip(records, to_pil(images)):
         img.save(out / rec["file"])
     nrow = model.num_classes if labels is not None and args.cls is None and model.num_classes <= 20 else 8
-    save_grid(images, out / "grid.png", nrow=nrow)
+    save_grid(images, out / "grid.png", nrow=nrow, labels=None if args.no_labels else _grid_labels(records))
     settings["complete"] = True
     _write_text(out / "settings.json", json.dumps(settings, indent=2) + "\n")
     print(f"wrote {args.n} images, grid.png and settings.json to {out}")
@@ -225,6 +233,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def _name(model: Any, label: int) -> str | None:
     return model.class_names[label] if 0 <= label < len(model.class_names) else None
+
+
+def _grid_labels(records: list[dict[str, Any]]) -> list[str] | None:
+    """grid.png's captions: each image's prompt, else its class name (index when the class has no name)."""
+    if all("prompt" in r for r in records):
+        return [r["prompt"] for r in records]
+    if all(r.get("class") is not None for r in records):
+        return [r["class_name"] or f"class {r['class']}" for r in records]
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,7 +287,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             raise CLIError(f"the demo weights {weights} are not installed; produce them with: "
                            "versadiff demo --class-conditional --train")
     demo.run_class_demo(out, weights, batch_size=args.batch_size, device=device, quiet=args.quiet,
-                        per_class=DEMO_PER_CLASS, sampler=DEMO_SAMPLER, steps=DEMO_STEPS)
+                        per_class=DEMO_PER_CLASS, sampler=DEMO_SAMPLER, steps=DEMO_STEPS, labels=not args.no_labels)
     if args.train:
         print(f"to make these the shipped demo weights: cp {weights} {demo_asset_path()}")
     return 0
@@ -280,23 +297,135 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # presets / export
 
 
+def _cache_dir() -> Path:
+    """$VERSADIFF_CACHE, else $XDG_CACHE_HOME/versadiff, else ~/.cache/versadiff."""
+    if os.environ.get("VERSADIFF_CACHE"):
+        return Path(os.environ["VERSADIFF_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "versadiff"
+
+
+def _source_fingerprint() -> str:
+    """sha256 of the package's Python sources and of the libraries a network's size may depend on: a cached
+    parameter count is used only for exactly the code that counted it."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for pkg in ("torch", "transformers"):
+        try:
+            h.update(f"{pkg}={version(pkg)}".encode())
+        except PackageNotFoundError:
+            pass
+    return h.hexdigest()
+
+
+def preset_param_counts(configs: dict[str, Any]) -> dict[str, str]:
+    """Each preset's network size ("60.8M", or "error: ..."), counted on the meta device; counts are cached under
+    _cache_dir()/preset_params.json, keyed by the preset's resolved config and the source fingerprint."""
+    import hashlib
+
+    path = _cache_dir() / "preset_params.json"
+    fingerprint = _source_fingerprint()
+    try:
+        cache = json.loads(path.read_text())
+        counts = dict(cache["counts"]) if cache.get("source") == fingerprint else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        counts = {}
+    out, changed = {}, False
+    for name, cfg in configs.items():
+        key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()
+        if key not in counts:
+            from versadiff.tasks import task_class
+
+            try:
+                counts[key] = f"{task_class(cfg.task).count_parameters(cfg) / 1e6:.1f}M"
+            except ValueError as e:  # a preset whose network does not build is worth showing, not hiding
+                counts[key] = f"error: {e}"
+            changed = True
+        out[name] = counts[key]
+    if changed:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({"source": fingerprint, "counts": counts}) + "\n")
+            os.replace(tmp, path)
+        except OSError:  # a read-only home: the counts are recomputed next time
+            pass
+    return out
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from versadiff.config import list_presets, load_config
-    from versadiff.tasks import task_class
+
+    configs = {name: load_config(name) for name in list_presets()}
+    params = preset_param_counts(configs) if args.params else {}
+    rows = []
+    for name, cfg in configs.items():
+        model = cfg.model.get("preset") or cfg.model.get("type") or "?"
+        row = (name, str(model), str(cfg.data.get("name", "?")))
+        rows.append(row + ((params[name],) if args.params else ()) + (cfg.description,))
+    head = ("name", "model", "data") + (("params",) if args.params else ()) + ("description",)
+    k = len(head) - 1
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(k)]
+    for r in [head] + rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:k], widths)) + "  " + r[k])
+    return 0
+
+
+def _header(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(tensor entries, metadata) of a safetensors file, read from its JSON header (no torch)."""
+    import struct
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    return header, header.pop("__metadata__", {}) or {}
+
+
+def shipped_models() -> list[dict[str, Any]]:
+    """The shipped models (versadiff.assets.SHIPPED_MODELS) with their flows, size and file."""
+    import math
+
+    from versadiff.assets import ASSET_DIR, SHIPPED_MODELS
+
+    CONFIG_KEY, INFO_KEY = "versadiff_config", "versadiff_info"  # versadiff.weights' keys (that module loads torch)
 
     rows = []
-    for name in list_presets():
-        cfg = load_config(name)
-        model = cfg.model.get("preset") or cfg.model.get("type") or "?"
-        try:
-            params = f"{task_class(cfg.task).count_parameters(cfg) / 1e6:.1f}M"
-        except ValueError as e:  # a preset whose network does not build is worth showing, not hiding
-            params = f"error: {e}"
-        rows.append((name, model, str(cfg.data.get("name", "?")), params, cfg.description))
-    head = ("name", "model", "data", "params", "description")
-    widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
-    for r in [head] + rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
+    for m in SHIPPED_MODELS.values():
+        path = ASSET_DIR / m.path
+        row: dict[str, Any] = {"name": m.name, "path": str(path), "description": m.description, "installed": path.is_file()}
+        if path.is_file():
+            tensors, meta = _header(path)
+            cfg, info = json.loads(meta.get(CONFIG_KEY, "{}")), json.loads(meta.get(INFO_KEY, "{}"))
+            flows = info.get("flows") or cfg.get("flows") or (["class-to-image"] if info.get("num_classes") else
+                                                              ["unconditional"])
+            row.update(flows=list(flows), params=sum(math.prod(t["shape"]) for t in tensors.values()),
+                       num_classes=int(info.get("num_classes", 0) or 0), image_shape=info.get("image_shape"),
+                       step=info.get("step"), megabytes=round(path.stat().st_size / 2**20, 1))
+        rows.append(row)
+    return rows
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    rows = shipped_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    table = [("name", "flows", "params", "description")]
+    for r in rows:
+        if not r["installed"]:
+            table.append((r["name"], "(not installed)", "-", r["description"]))
+            continue
+        flows = ", ".join(r["flows"]) + (f" ({r['num_classes']} classes)" if r["num_classes"] else "")
+        table.append((r["name"], flows, f"{r['params'] / 1e6:.1f}M", r["description"]))
+    widths = [max(len(t[i]) for t in table) for i in range(3)]
+    for t in table:
+        print("  ".join(c.ljust(w) for c, w in zip(t[:3], widths)) + "  " + t[3])
+    print("\nload one by name from anywhere: versadiff sample NAME -n 8 -o out/ ; load_model(\"NAME\") in Python")
     return 0
 
 
@@ -312,7 +441,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="versadiff", description="Diffusion models: train, sample, evaluate.")
+    p = _Parser(prog="versadiff", description="Diffusion models: train, sample, evaluate.",
+                epilog="shipped models by name: versadiff models; presets: versadiff presets; "
+                       "versadiff COMMAND --help for each command")
+    p.add_argument("-V", "--version", action="version", version=f"versadiff {_package_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks (also anywhere after the command, or "
                                                         "VERSADIFF_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -321,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", metavar="CONFIG", nargs="?", help="preset name (versadiff presets) or YAML path; "
                                                                 "optional with --resume (the run's own config)")
     t.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="override, e.g. train.lr=1.0e-4")
-    t.add_argument("--out", help="run folder, new or empty (default: runs/NNNNN-<name>-<desc>)")
+    t.add_argument("-o", "--out", help="run folder, new or empty (default: runs/NNNNN-<name>-<desc>)")
     t.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from the latest good checkpoint of --out, or from PATH (checkpoint or run folder), "
                         "with the run's own config (a CONFIG / --set given is compared with it)")
@@ -337,8 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate images from trained weights")
-    s.add_argument("checkpoint", metavar="CHECKPOINT", help="exported .safetensors, run folder or checkpoint dir")
-    s.add_argument("--n", type=int, required=True, help="number of images")
+    s.add_argument("checkpoint", metavar="CHECKPOINT", help="exported .safetensors, run folder, checkpoint dir or "
+                                                            "shipped model name (versadiff models)")
+    s.add_argument("-n", "--n", type=int, required=True, help="number of images")
     s.add_argument("--sampler", help="ddpm, ddim, dpmpp, dpm, euler, heun; VQ-Diffusion: standard, fast, fast_exact, "
                                      "purity (default: the run's)")
     s.add_argument("--steps", type=int, help="sampling steps (default: the run's)")
@@ -354,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     s.add_argument("--precision", choices=["auto", "no", "bf16", "fp16"], default="auto",
                    help="auto (default): bf16 where the device runs it natively, else fp32; no: fp32; fp16: GPU only")
-    s.add_argument("--out", required=True, help="output folder (new or empty)")
+    s.add_argument("-o", "--out", required=True, help="output folder (new or empty)")
+    s.add_argument("--no-labels", action="store_true", help="grid.png without the class names / prompts under it")
     s.add_argument("--force", action="store_true", help="replace an earlier versadiff sample folder at --out (its "
                                                        "files are removed first; other folders are never touched)")
     s.add_argument("--quiet", action="store_true")
@@ -366,17 +500,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-score", type=int, default=100, help="held-out items each VD flow is scored on (default 100)")
     d.add_argument("--train", action="store_true", help="with --class-conditional: first retrain shapes_unet_tiny")
     d.add_argument("--set", action="extend", nargs="+", metavar="KEY=VALUE", help="preset overrides for --train")
-    d.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    d.add_argument("-o", "--out", default="outputs/demo", help="output folder (default: outputs/demo)")
     d.add_argument("--batch-size", type=int, default=72)
+    d.add_argument("--no-labels", action="store_true", help="--class-conditional: demo_grid.png without the class "
+                                                          "names under its columns")
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_demo)
 
     pr = sub.add_parser("presets", help="list the packaged training presets")
+    pr.add_argument("--params", action="store_true", help="add each network's parameter count (built on the meta "
+                                                          "device; cached in ~/.cache/versadiff once counted)")
     pr.set_defaults(func=cmd_presets)
+
+    mo = sub.add_parser("models", help="list the shipped models (load them by name: versadiff sample NAME ..., "
+                                       "load_model(NAME))")
+    mo.add_argument("--json", action="store_true", help="print the list as JSON (with paths, sizes, steps)")
+    mo.set_defaults(func=cmd_models)
 
     e = sub.add_parser("export", help="write EMA-only inference weights from a checkpoint or run folder")
     e.add_argument("source", metavar="SOURCE", help="checkpoint directory or run folder")
-    e.add_argument("--out", required=True, help="output .safetensors file (.safetensors is added to a name without "
+    e.add_argument("-o", "--out", required=True, help="output .safetensors file (.safetensors is added to a name without "
                                                 "extension; an existing file is refused)")
     e.add_argument("--force", action="store_true", help="replace an existing versadiff weight file at --out")
     e.set_defaults(func=cmd_export)
@@ -433,6 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("versadiff: interrupted\n")
         return 130
+    except BrokenPipeError:  # `versadiff presets | head`: the reader left; nothing to report
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except Exception as e:
         if debug:
             raise
