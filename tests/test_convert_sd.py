@@ -16,6 +16,7 @@ diffusers = require_extra("diffusers")  # broken fails loudly; missing skips wit
 from diffusers import AutoencoderKL as DiffusersKL  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint  # noqa: E402
+from tiny_clip import tiny_clip_text  # noqa: E402
 
 from versadiff.convert.formats import detect_format, load_foreign, load_foreign_model, main  # noqa: E402
 from versadiff.convert.ldm_vae import versadiff_to_ldm  # noqa: E402
@@ -132,6 +133,27 @@ def test_diffusers_folder_and_bare_unet(sd):
     vd_basic = load_foreign(sd["folder"] / "unet", context="image", **OPTS)  # VD-basic's start: image context
     assert vd_basic.config["flows"] == ["image-variation"]
     assert rel(run(net_of(vd_basic), sd["data"], "context_image"), expected(sd["unet"], sd["data"])) < 1e-6
+
+
+def test_diffusers_folder_text_encoder_is_the_hidden_state_context(sd, tmp_path):
+    import shutil
+
+    folder = tmp_path / "sd-with-text"
+    shutil.copytree(sd["folder"], folder)
+    text = tiny_clip_text(folder, hidden=UNET["cross_attention_dim"])
+    f = load_foreign(folder, **OPTS)
+    written = f.materialized_config(tmp_path / "converted")
+    assert written["encoders"]["text"]["type"] == "clip_text" and written["encoders"]["text"]["context"] == "hidden"
+    assert not any("text-to-image model without --text-encoder" in n for n in f.report.notes)
+    model = load_foreign_model(folder, **OPTS)
+    enc = model.flows["text-to-image"].encoder
+    prompts = ["a red circle", "a blue square on the left"]
+    with torch.no_grad():  # SD's context: CLIPTextModel's last_hidden_state (after the final LayerNorm), unprojected
+        assert torch.allclose(enc.encode(prompts), text(enc.tokenizer(prompts)).last_hidden_state, atol=1e-6)
+    assert model.text_to_image("a red circle", seeds=[0], steps=2).shape == (1, 3, 16, 16)
+    bare = load_foreign(sd["folder"], **OPTS)  # no text_encoder/: said so, and no encoder configured
+    assert any("without --text-encoder" in n for n in bare.report.notes)
+    assert "text" not in bare.materialized_config(tmp_path / "bare").get("encoders", {})
 
 
 def test_ldm_checkpoint_with_ema_and_vae(sd, tmp_path):

@@ -15,6 +15,7 @@ from extras import require_extra
 import torch
 import torch.nn.functional as F
 
+from tiny_clip import tiny_clip_text  # noqa: E402
 from versadiff.convert.formats import detect_format, load_foreign, load_foreign_model, write_foreign
 from versadiff.convert.ldm_vae import versadiff_to_ldm
 from versadiff.nets import build_net
@@ -348,6 +349,7 @@ def test_diffusers_vq_diffusion_folder(tmp_path):
     cf.save_pretrained(folder / "learned_classifier_free_sampling_embeddings")
     VQDiffusionScheduler(num_vec_classes=k + 1, num_train_timesteps=T).save_config(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "VQDiffusionPipeline"}))
+    text_encoder = tiny_clip_text(folder, hidden=CDIM)
     assert detect_format(folder) == "vq_diffusion_diffusers"
     f = load_foreign(folder)
     net = build_net(f.config["model"]).eval()
@@ -367,6 +369,16 @@ def test_diffusers_vq_diffusion_folder(tmp_path):
     with torch.no_grad():
         assert torch.allclose(vq.decode(z), vqvae.decode(z, force_not_quantize=True).sample, atol=1e-5)
     assert f.config["discrete"]["num_steps"] == T and f.config["task"] == "vq_diffusion"
+    # the pipeline's text_encoder/ + tokenizer/ become the text context encoder, as VQDiffusionPipeline encodes
+    written = f.materialized_config(tmp_path / "converted")
+    assert written["encoders"]["text"]["type"] == "clip_text" and written["encoders"]["text"]["context"] == "normalized"
+    model = load_foreign_model(folder)
+    enc = model.flows["text-to-image"].encoder
+    prompts = ["a red circle", "a blue square on the left"]
+    with torch.no_grad():
+        h = text_encoder(enc.tokenizer(prompts))[0]
+        assert torch.allclose(enc.encode(prompts), h / h.norm(dim=-1, keepdim=True), atol=1e-6)
+    assert model.text_to_image("a red circle", seeds=[0], sampler="fast", steps=2).shape == (1, 3, 8, 8)
 
 
 def test_taming_vqgans(tmp_path):

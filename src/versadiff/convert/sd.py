@@ -184,21 +184,15 @@ def _finish(
         description=f"Stable Diffusion 1.x UNet ({flows[0]}), converted",
     )
     report.notes += notes
-    if text_encoder is not None:
-        from versadiff.convert.components import clip_component
+    from versadiff.convert.components import clip_component
 
-        comp = clip_component(text_encoder, "text")
-        comp.configured = False
-        components.append(comp)
+    if context == "text" and text_encoder is not None:  # SD reads CLIPTextModel's last_hidden_state, unprojected
+        components.append(clip_component(text_encoder, "text", context="hidden"))
+    elif context == "text":
+        report.notes.append("a text-to-image model without --text-encoder: encoders.text is left unset (convert "
+                            "again with --text-encoder CLIP_DIR, SD's text_encoder/ folder, for text-to-image)")
     if image_encoder is not None:  # VD-basic's image context: VD's CLIP image encoder
-        from versadiff.convert.components import clip_component
-
         components.append(clip_component(image_encoder, "image"))
-    if context == "text":
-        report.notes.append(
-            "SD's text context (CLIPTextModel last_hidden_state, unprojected) has no versadiff "
-            "encoder yet: encoders.text is left unset"
-        )
     shapes: dict[str, list[int]] = {}
     vae = next((c.module for c in components if c.section == "codecs" and c.module is not None), None)
     f = vae.config.downsample_factor if vae is not None else 1

@@ -27,7 +27,8 @@ of the argmax of the Gumbel logits (quantize.proj is dropped); the reduced codeb
 codes, help_folder/statistics/taming_vqvae_*.pt: option `mapping`) decode exactly, and encode by the nearest
 kept code where the original sends every unused code to id 0. A 1000-row class table (no CF null) gets the
 mean row as its null: exactly what the original computes for the null label.
-VQ-Diffusion's text context (CLIP ViT-B/32 ln_final tokens, each L2-normalised) has no versadiff encoder yet.
+VQ-Diffusion's text context (CLIP ViT-B/32 ln_final tokens, each L2-normalised) is the CLIP text encoder with
+context=normalized (a diffusers folder's text_encoder/ + tokenizer/, or --text-encoder CLIP_DIR).
 """
 
 from __future__ import annotations
@@ -354,17 +355,17 @@ def _finish(
         "class_names": [],
         "token_grid": [net["height"], net["width"]],
     }
-    if kind == "text":
-        report.notes.append(
-            "VQ-Diffusion's text context (CLIP ViT-B/32 ln_final tokens, L2-normalised per token) "
-            "has no versadiff encoder yet: the model samples with its null context"
-        )
-        if text_encoder is not None:
-            from versadiff.convert.components import clip_component
+    if kind == "text" and text_encoder is not None:
+        from versadiff.convert.components import clip_component
 
-            comp = clip_component(text_encoder, "text")
-            comp.configured = False
-            components.append(comp)
+        # VQ-Diffusion's context: CLIP ViT-B/32's last_hidden_state (after ln_final), each token L2-normalised;
+        # the zeros null is replaced by the network's learned null embedding (VQTransformer._context)
+        components.append(clip_component(text_encoder, "text", context="normalized",
+                                         context_length=int(net["context_len"])))
+        cfg["flows"] = [{"name": "text-to-image", "null": "zeros"}]
+    elif kind == "text":
+        report.notes.append("a text-to-image model without --text-encoder: it samples with its null context "
+                            "(convert again with --text-encoder CLIP_DIR, the pipeline's text_encoder/ folder)")
     if vq is None:
         report.notes.append("no image codec (option vqvae=...): versadiff's vq_diffusion task needs one to load")
     return Foreign(fmt, cfg, state, info, components, report)
