@@ -2,7 +2,9 @@
 
 Modules: inception (the FID network, local weights), features (pluggable extractors), metrics (math),
 stats (float64 reference statistics as .npz), classifier (shipped Fashion-MNIST classifier),
-evaluate (sources, sharded extraction, reports), training (evaluation during training), cli (`versadiff eval`).
+evaluate (sources, sharded extraction, reports), training (evaluation during training), captions (COCO-captions
+sets), text_metrics (BLEU / chrF through sacrebleu), vd (`--task text-to-image | image-to-text`: VD's flows scored
+against a caption set), flows (VD's flows scored on shapes), cli (`versadiff eval`).
 
 The names below load on first use, so that `versadiff --help` (which registers `eval`) does not import torch.
 """
@@ -22,6 +24,9 @@ _EXPORTS = {
                 "precision_recall"),
     "stats": ("FeatureStats", "load_stats", "save_stats", "stats_from_features"),
     "training": ("TrainingEvaluator",),
+    "captions": ("CaptionSet", "load_caption_set", "write_caption_set"),
+    "text_metrics": ("caption_metric",),
+    "vd": ("evaluate_flow",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
