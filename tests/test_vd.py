@@ -62,6 +62,26 @@ def test_multi_flow_training_logs_every_flow(vd_run):
     assert (vd_run / "samples" / "step-00000003.png").is_file()  # the grid of the first image flow
 
 
+def test_training_grid_carries_each_images_prompt(parts, tmp_path):
+    """The text-to-image grid of a VD run is captioned with the prompts it was sampled for (sample.labels)."""
+    import numpy as np
+
+    from versadiff.images import make_grid
+    from versadiff.tasks.base import SampleGrid
+
+    grids = {}
+    for on in (True, False):
+        cfg = load_config("vd_shapes", vd_overrides(parts) + ["train.max_steps=1", f"sample.labels={str(on).lower()}"])
+        trainer = Trainer(cfg, out=tmp_path / str(on), quiet=True)
+        grid = SampleGrid(*trainer.task.sample_grid(trainer.ema_net, trainer.info, str(trainer.run_dir)))
+        prompts = [trainer.dataset[i]["caption"] for i in range(2)]  # sample.n = 2: the first two items' captions
+        assert grid.labels == prompts
+        grids[on] = np.asarray(Image.open(trainer.save_samples()))
+        want = make_grid(grid.images, grid.nrow, labels=prompts if on else None)
+        assert np.array_equal(grids[on], want[..., 0] if want.shape[-1] == 1 else want)
+    assert grids[True].shape[0] > grids[False].shape[0]  # a caption strip under the images
+
+
 def test_multi_flow_resume_is_exact(parts, tmp_path, one_thread):
     cfg = load_config("vd_shapes", vd_overrides(parts) + ["train.max_steps=4", "train.checkpoint_every=2",
                                                           "train.param_groups=[{match: '^image\\.data_blocks\\.', lr_mult: 0.2}]"])

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from versadiff.config import ConfigError, DiffusionConfig, RunConfig
-from versadiff.tasks.base import TASKS, Task
+from versadiff.tasks.base import TASKS, SampleGrid, Task
 
 __all__ = ["AutoencoderTask"]
 
@@ -98,12 +98,12 @@ class AutoencoderTask(Task):
         return ema_net.eval()
 
     @torch.no_grad()
-    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> tuple[Tensor, int]:
+    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> SampleGrid:
         k = min(len(self.dataset), max(1, self.cfg.sample.n // 2))
         x = torch.stack([self.dataset[i]["image"] for i in range(k)]).float().to(self.device)
         ae = ema_net.to(self.device).eval()
         recon = ae(x)[0] if self.is_vq else ae(x, sample=False)[0]
-        return torch.cat([x.cpu(), recon.float().clamp(-1, 1).cpu()]), k
+        return SampleGrid(torch.cat([x.cpu(), recon.float().clamp(-1, 1).cpu()]), k)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "autoencoder_kind": "vq" if self.is_vq else "kl"}

@@ -5,7 +5,7 @@ The trainer owns the loop (data order, optimizer, EMA, checkpoints, logging); a 
   build_network(cfg)     the nn.Module that is optimised (and averaged by EMA), also for inference
   losses(model, batch)   per-sample training losses of one micro-batch, from the dataset's own items
   pipeline(net, ...)     the trained weights as something with `generate` (versadiff.pipelines.Pipeline)
-  sample_grid(...)       the images of the training-time grid and its row length
+  sample_grid(...)       the training-time grid: its images, row length and captions (SampleGrid)
   log_stats() / info() / state_dict()   extra stats, facts stored in every weight file, state for exact resume
 Tasks register in TASKS by name; nothing else in the package switches on a task's name.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -23,9 +23,18 @@ from torch.utils.data import Dataset, IterableDataset
 from versadiff.component import Registry
 from versadiff.config import ConfigError, RunConfig
 
-__all__ = ["Task", "TASKS", "task_class", "dataset_facts", "grid_rows"]
+__all__ = ["Task", "TASKS", "task_class", "dataset_facts", "grid_rows", "SampleGrid"]
 
 TASKS: Registry[type["Task"]] = Registry("task")
+
+
+class SampleGrid(NamedTuple):
+    """A training-time grid: images [N, C, H, W] in [-1, 1], images per row, and a caption per image (the prompt
+    each was made for) or None; the trainer adds class names itself for class-conditional grids."""
+
+    images: Tensor
+    nrow: int
+    labels: list[str] | None = None
 
 
 def task_class(name: str) -> type["Task"]:
@@ -126,9 +135,8 @@ class Task:
         """The (EMA) weights as what load_model would return for them."""
         return self.pipeline(ema_net, self.cfg, info, source, self.device)
 
-    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> tuple[Tensor, int] | None:
-        """(images [N, C, H, W] in [-1, 1], images per row) from the EMA weights, with the run's fixed seeds;
-        None when the model makes no images."""
+    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> SampleGrid | None:
+        """The grid from the EMA weights, with the run's fixed seeds; None when the model makes no images."""
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:

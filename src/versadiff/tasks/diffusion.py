@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, IterableDataset
 from versadiff.config import ConfigError, DiffusionConfig, RunConfig
 from versadiff.flows import BoundFlow, bind_flows
 from versadiff.pipelines import Pipeline
-from versadiff.tasks.base import TASKS, Task, grid_rows
+from versadiff.tasks.base import TASKS, SampleGrid, Task, grid_rows
 
 __all__ = ["DiffusionTask", "GaussianTask", "VQDiffusionTask"]
 
@@ -240,7 +240,7 @@ class DiffusionTask(Task):
     def loaded(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> Any:
         return self.pipeline(ema_net, self.cfg, info, source, self.device, flows=self.flows)
 
-    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> tuple[Tensor, int] | None:
+    def sample_grid(self, ema_net: nn.Module, info: dict[str, Any], source: str) -> SampleGrid | None:
         s = self.cfg.sample
         flow = next((f for f in self.flows if f.flow.data == "image"), None)
         if flow is None:
@@ -258,7 +258,8 @@ class DiffusionTask(Task):
                 context = [self.dataset[i % len(self.dataset)][flow.context_key] for i in range(s.n)]
         images = model.generate(range(s.seed, s.seed + s.n), flow=flow.name, context=context, batch_size=s.n,
                                 device=self.device)
-        return images, grid_rows(s.n, k)
+        prompts = [c for c in context] if not k and context and all(isinstance(c, str) for c in context) else None
+        return SampleGrid(images, grid_rows(s.n, k), prompts)
 
 
 def _entries(cfg: RunConfig) -> list:

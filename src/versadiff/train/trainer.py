@@ -731,16 +731,20 @@ class Trainer:
             self.ema_net.cpu()  # the sampling copy goes back to host memory
         if grid is None:
             return None
-        images, nrow = grid
-        mosaic = make_grid(images, nrow, labels=self._grid_labels(len(images)))
+        from versadiff.tasks.base import SampleGrid
+
+        images, nrow, prompts = SampleGrid(*grid)
+        mosaic = make_grid(images, nrow, labels=self._grid_labels(len(images), prompts))
         path = _save_png(mosaic, self.run_dir / "samples" / f"step-{self.step:08d}.png")
         self.trackers.log_image("samples", mosaic if mosaic.shape[-1] == 3 else mosaic.repeat(3, axis=-1),
                                 self.step, path)
         return path
 
-    def _grid_labels(self, n: int) -> list[str] | None:
-        """The training grid's captions (sample.labels): the class of each column of a class-conditional grid,
-        whose sample i is of class i mod num_classes."""
+    def _grid_labels(self, n: int, prompts: list[str] | None = None) -> list[str] | None:
+        """The training grid's captions (sample.labels): the prompt of each image when the task gives them, else
+        the class of each column of a class-conditional grid, whose sample i is of class i mod num_classes."""
+        if prompts is not None and self.cfg.sample.labels and len(prompts) == n:
+            return [str(p) for p in prompts]
         k = int(self.info.get("num_classes", 0) or 0)
         flows = getattr(self.task, "flows", None) or []
         image_flow = next((f for f in flows if f.flow.data == "image"), None)
