@@ -57,6 +57,7 @@ class Pipeline:
     data_shapes: dict[str, tuple[int, ...]]
     info: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    _compiled: Any = field(default=None, init=False, repr=False, compare=False)  # generate(compile=True)'s net
 
     # -- facts -----------------------------------------------------------------------------------
 
@@ -138,14 +139,17 @@ class Pipeline:
     def generate(self, seeds: Sequence[int], *, flow: str | None = None, context: Any = None,
                  class_labels: Any = None, sampler: str | None = None, steps: int | None = None,
                  guidance: float | None = None, batch_size: int = 64, device: str | torch.device = "cpu",
-                 progress: bool = False, truncation: float | None = None, **options: Any) -> Tensor | list[str]:
+                 progress: bool = False, truncation: float | None = None, compile: bool | str = False,
+                 **options: Any) -> Tensor | list[str]:
         """One sample per seed: images [N, C, H, W] in [-1, 1] (float32, CPU), or a list of N captions.
 
         flow: which flow (default: the model's first). context: the condition -- None (the null context:
         unconditional samples of a conditional model), one input for every seed, or one per seed (class index
         or name, prompt, image). class_labels: the same for class-conditional models. sampler / steps / guidance
         default to the run's `sample` settings; guidance w mixes (1 + w) * cond - w * uncond (w = 0: plain
-        conditional), the unconditional branch using the context encoder's null context.
+        conditional), the unconditional branch using the context encoder's null context. compile: run the network
+        of the sampling loop under torch.compile (True: inductor; a string names another backend, e.g. "eager"),
+        kept for later calls; where compiling fails the network runs eagerly after a one-line warning.
         """
         req = self.request(seeds, flow=flow, context=context, class_labels=class_labels, sampler=sampler,
                            steps=steps, guidance=guidance, batch_size=batch_size, truncation=truncation, **options)
@@ -156,12 +160,13 @@ class Pipeline:
         if bound.encoder is not None:
             bound.encoder.to(device)
         shape = self.sample_shape(bound.name)
+        net = self._compiled_net("inductor" if compile is True else str(compile)) if compile else self.net
         out: list[Any] = []
         for chunk, inputs in req.batches(batch_size):
             ctx, null = bound.contexts(inputs, len(chunk), device)
             cond = bound.condition(self.net, ctx)
             uncond = bound.condition(self.net, null) if req.guidance else None
-            z = self.sampling.sample(self.net, shape, chunk, cond, uncond, req.guidance, sampler=req.sampler,
+            z = self.sampling.sample(net, shape, chunk, cond, uncond, req.guidance, sampler=req.sampler,
                                      steps=req.steps, device=device, progress=progress, options=req.options)
             data = bound.codec.decode(z)
             out.append(data.float().clamp(-1, 1).cpu() if torch.is_tensor(data) else list(data))
@@ -169,6 +174,15 @@ class Pipeline:
             return [text for part in out for text in part]
         return torch.cat(out) if out else torch.empty(0, *self.data_shapes.get(bound.flow.data, ()))
 
+
+    def _compiled_net(self, backend: str) -> Any:
+        """The network under torch.compile, made once per Pipeline and backend (dynamo recompiles for new shapes)."""
+        from versadiff.nets.speed import compile_net
+
+        cached = self._compiled
+        if cached is None or cached[0] is not self.net or cached[1] != backend:
+            self._compiled = cached = (self.net, backend, compile_net(self.net, backend=backend))
+        return cached[2]
 
     # -- one method per VD task (each a flow of the model) -----------------------------------------
 

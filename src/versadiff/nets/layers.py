@@ -26,6 +26,7 @@ __all__ = [
     "CheckpointMixin",
     "check_input",
     "class_indices",
+    "host_checks",
 ]
 
 def timestep_embedding(
@@ -123,6 +124,11 @@ def check_input(x: Tensor, t: Tensor, in_channels: int, name: str) -> None:
         raise ValueError(f"{name} expects t of shape [B]=[{x.shape[0]}] (net_time), got {tuple(t.shape)}")
 
 
+def host_checks(x: Tensor) -> bool:
+    """Whether value checks on `x` (min / max / any) cost no device sync and no torch.compile graph break."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def class_indices(labels: Tensor | None, num_classes: int, batch: int, device: torch.device) -> Tensor:
     """Map labels in {-1, 0..K-1} to embedding rows {K, 0..K-1} (null row last); None means all null."""
     if labels is None:
@@ -131,6 +137,8 @@ def class_indices(labels: Tensor | None, num_classes: int, batch: int, device: t
         raise ValueError(
             f"class_labels must be an integer tensor of shape [{batch}], got {labels.dtype} {tuple(labels.shape)}"
         )
-    if labels.device.type != "meta" and labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
+    # checked where it is free: on the CPU, outside torch.compile (on a GPU the check would wait for the device at
+    # every call of a sampling loop; the pipelines check labels on the host before sampling)
+    if host_checks(labels) and labels.numel() and (labels.min() < -1 or labels.max() >= num_classes):
         raise ValueError(f"class_labels must lie in [-1, {num_classes - 1}] (-1 = null class)")
     return torch.where(labels < 0, torch.full_like(labels, num_classes), labels).long()

@@ -29,6 +29,7 @@ from versadiff.nets.layers import (
     NetConfig,
     check_input,
     class_indices,
+    host_checks,
     timestep_embedding,
 )
 
@@ -177,7 +178,7 @@ class UViT(CheckpointMixin, nn.Module):
         parts = [time[:, None].to(patches.dtype)]
         if cfg.num_classes:
             idx = class_indices(class_labels, cfg.num_classes, b, x.device)
-            if not cfg.null_class and x.device.type != "meta" and bool((idx == cfg.num_classes).any()):
+            if not cfg.null_class and host_checks(idx) and bool((idx == cfg.num_classes).any()):
                 raise ValueError("this U-ViT has no null class (null_class=False): pass labels 0..K-1, no -1 / None")
             label = self.label_emb(idx)
             parts.insert(0, label[:, None].to(patches.dtype))

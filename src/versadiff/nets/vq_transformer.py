@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from versadiff.nets.layers import CheckpointMixin, MultiHeadAttention, NetConfig, class_indices
+from versadiff.nets.layers import CheckpointMixin, MultiHeadAttention, NetConfig, class_indices, host_checks
 
 __all__ = ["VQTransformerConfig", "VQTransformer", "VQ_PRESETS", "vq_transformer"]
 
@@ -177,9 +177,9 @@ class VQTransformer(CheckpointMixin, nn.Module):
         if t.ndim != 1 or t.shape[0] != b:
             raise ValueError(f"VQTransformer expects t of shape [{b}], got {tuple(t.shape)}")
         t_idx = t.round().long()
-        if t_idx.min() < 0 or t_idx.max() >= cfg.num_steps:
+        if host_checks(t_idx) and (t_idx.min() < 0 or t_idx.max() >= cfg.num_steps):  # no per-step device sync
             raise ValueError(f"timestep indices must lie in [0, {cfg.num_steps - 1}]")
-        if x.min() < 0 or x.max() > cfg.num_embed:
+        if host_checks(x) and (x.min() < 0 or x.max() > cfg.num_embed):
             raise ValueError(f"tokens must lie in [0, {cfg.num_embed}] ({cfg.num_embed} = [MASK])")
         if class_labels is not None and cfg.num_classes is None:
             raise ValueError("this VQTransformer is not class-conditional; build it with num_classes=... to pass class_labels")

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from versadiff.conditioning import batch_size_of, concat_conditions, null_condition
 from versadiff.processes.discrete import DiscreteProcess, gumbel_sample
+from versadiff.samplers.noise import to_device
 
 __all__ = ["VQ_METHODS", "VQDenoiser", "truncate", "guide", "sample_vq", "vq_timesteps", "stride_for"]
 
@@ -98,7 +99,7 @@ class _Uniforms:
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def rand(self, shape: tuple[int, ...], device: Any) -> Tensor:
-        return torch.stack([torch.rand(shape, generator=g) for g in self.generators]).to(device)
+        return to_device(torch.stack([torch.rand(shape, generator=g) for g in self.generators]), device)
 
 
 def vq_timesteps(num_steps: int, stride: int = 1) -> list[int]:
@@ -169,8 +170,10 @@ def sample_vq(
     skip = stride - 1
     with torch.no_grad():
         for i, t_int in enumerate(steps):
-            t = torch.full((b,), t_int, dtype=torch.long, device=device)
-            log_p = denoiser(x, t)
+            # the process's tables live on the CPU: index them with a CPU t, so no step waits on the device
+            # (a device t would make _check_t / q_posterior copy it back: one host sync per step)
+            t = torch.full((b,), t_int, dtype=torch.long)
+            log_p = denoiser(x, torch.full((b,), t_int, dtype=torch.long, device=device))
             if log_p.shape != (b, k, x.shape[1]):
                 raise ValueError(f"denoiser returned {tuple(log_p.shape)}, expected log p(x0) [{b}, {k}, {x.shape[1]}]")
             if method == "purity" and t_int > 0:
