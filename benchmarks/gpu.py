@@ -50,8 +50,9 @@ TIMEOUT_S = {"matmul": 30, "unet": 90, "uvit": 60, "vd": 90, "vq": 90, "compiled
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class SectionTimeout(Exception):
-    pass
+class SectionTimeout(BaseException):
+    """A BaseException, like KeyboardInterrupt: the `except Exception` of a fallback (CompiledNet's) must not
+    swallow it and carry on past the section's limit."""
 
 
 @contextlib.contextmanager
