@@ -62,3 +62,17 @@ def test_ratios_pair_ours_with_diffusers(smoke):
     assert any("torch.compile" in p for p in pairs) and any("channels_last" in p for p in pairs)
     for q in result["ratios"]:
         assert q["sample"] > 0 and f"| {q['pair']} | {q['dtype']} |" in md
+
+
+def test_a_section_past_its_limit_becomes_a_row_and_the_run_goes_on(tmp_path):
+    pytest.importorskip("diffusers")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # 0.02 x the compiled section's 100 s smoke limit: it stops inside its first compile (even inside the compiled
+    # network's eager fallback, which catches Exception), and the summary is still written
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--out", str(tmp_path),
+                           "--sections", "compiled", "--timeout-scale", "0.02"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_bench.json").read_text())
+    assert result["sections"]["matmul"] == "ok" and result["sections"]["compiled"].startswith("timed out")
+    assert "| compiled | - | - | 0 |" in (tmp_path / "gpu_bench.md").read_text()
