@@ -153,6 +153,23 @@ class Bench:
         flops = {k: float(nets_bench.count_flops(m, x, t, train=False)) for k, m in models.items()}
         return {k: m.to(self.device) for k, m in models.items()}, flops
 
+    def _train_steps(self, models: dict[str, torch.nn.Module], x: torch.Tensor, t: torch.Tensor,
+                     dtype: str) -> dict[str, Callable[[], None]]:
+        """One AdamW training step per model (a fresh optimizer each), on the same batch, for interleaved()."""
+        opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+
+        def train_step(name: str) -> Callable[[], None]:
+            def step() -> None:
+                m = models[name].train()
+                opts[name].zero_grad(set_to_none=True)
+                with self.autocast(dtype):
+                    loss = m(x, t).float().square().mean()
+                loss.backward()
+                opts[name].step()
+            return step
+
+        return {k: train_step(k) for k in models}
+
     def _our_sampler(self, net: torch.nn.Module, batch: int, steps: int, dtype: str) -> Callable[[], Any]:
         from versadiff.config import load_config
         from versadiff.sampling import GaussianSampling
@@ -189,19 +206,7 @@ class Bench:
         x = torch.randn(batch, 3, 32, 32, device=self.device)
         t = torch.rand(batch, device=self.device) * 999
         for dname in self.dtypes:
-            opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-
-            def train_step(name: str) -> Callable[[], None]:
-                def step() -> None:
-                    m = models[name].train()
-                    opts[name].zero_grad(set_to_none=True)
-                    with self.autocast(dname):
-                        loss = m(x, t).float().square().mean()
-                    loss.backward()
-                    opts[name].step()
-                return step
-
-            tr = self.interleaved({k: train_step(k) for k in models})
+            tr = self.interleaved(self._train_steps(models, x, t, dname))
             for m in models.values():
                 m.eval()
             sa = self.interleaved({ours: self._our_sampler(our_net, batch, steps, dname),
@@ -241,21 +246,7 @@ class Bench:
             fns = {name: self._our_sampler(m, batch, steps, dname) for name, m in variants.items()}
             fns[peer] = self._diffusers_sampler(peer_net, batch, steps, dname)
             sa = self.interleaved(fns)
-            opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in (("eager", net), ("channels_last", cl),
-                                                                              (peer, peer_net))}
-            mods = {"eager": net, "channels_last": cl, peer: peer_net}
-
-            def train_step(name: str) -> Callable[[], None]:
-                def step() -> None:
-                    m = mods[name].train()
-                    opts[name].zero_grad(set_to_none=True)
-                    with self.autocast(dname):
-                        loss = m(x, t).float().square().mean()
-                    loss.backward()
-                    opts[name].step()
-                return step
-
-            tr = self.interleaved({k: train_step(k) for k in mods})
+            tr = self.interleaved(self._train_steps({"eager": net, "channels_last": cl, peer: peer_net}, x, t, dname))
             for name in (*variants, peer):
                 extra = {"compile_s": compile_s[name], "compiled": comps[name].is_compiled} if name in comps else {}
                 label = peer if name == peer else f"{ours}, {name}"
