@@ -11,13 +11,11 @@ import torch
 from PIL import Image
 
 from versadiff.applications import StreamContext, blend, disentangle, dual_guided, generate_multi, i2t2i
-from versadiff.autoencoders import AutoencoderKL, KLConfig
-from versadiff.autoencoders.text_vae import TextVAE, TextVAEConfig
 from versadiff.cli import main
 from versadiff.config import load_config
-from versadiff.encoders.clip import ClipPair, ClipPairConfig
 from versadiff.models import load_model
 from versadiff.train.trainer import Trainer
+from tiny_vd import write_tiny_vd_parts  # tests/tiny_vd.py
 
 FLOWS = ["text-to-image", "image-variation", "image-to-text", "text-variation"]
 PROMPT = "a red circle"
@@ -26,14 +24,7 @@ PROMPT = "a red circle"
 @pytest.fixture(scope="module")
 def vd_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("apps_parts")
-    torch.manual_seed(0)
-    ClipPair(ClipPairConfig(text_hidden_size=16, text_layers=1, text_heads=2, text_intermediate_size=32,
-                            vision_hidden_size=16, vision_layers=1, vision_heads=2, vision_intermediate_size=32,
-                            image_size=16, patch_size=8, projection_dim=16, context_length=12)).save_pretrained(root / "clip")
-    TextVAE(TextVAEConfig(latent_size=8, bert_hidden_size=16, bert_layers=1, bert_heads=2, bert_intermediate_size=32,
-                          gpt2_hidden_size=16, gpt2_layers=1, gpt2_heads=2, max_decoder_length=24)).save_pretrained(root / "tvae")
-    AutoencoderKL(KLConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4,
-                           mid_attention=False, scale_factor=1.0)).save_pretrained(root / "kl")
+    write_tiny_vd_parts(root)
     overrides = [
         "model.model_channels=16", "model.context_dim=16", "model.text_dim=8", "model.image_size=16",
         "model.num_heads=2", "model.norm_groups=8", f"flows={FLOWS}", f"codecs.image.path={root / 'kl'}",

@@ -30,6 +30,7 @@ from torch import nn
 from versadiff.config import load_config
 from versadiff.processes.parameterization import to_x0_eps
 from versadiff.tasks import task_class
+from tiny_vd import write_tiny_vd_parts  # tests/tiny_vd.py
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "golden"
@@ -213,19 +214,8 @@ def check_flow_guidance(model, flow: str, inputs, null_ctx, w: float = 1.5, step
 @pytest.fixture(scope="module")
 def vd_model(tmp_path_factory):
     """A VD pipeline (four flows) on tiny random components in the folder layouts the real ones load from."""
-    from versadiff.autoencoders import AutoencoderKL, KLConfig
-    from versadiff.autoencoders.text_vae import TextVAE, TextVAEConfig
-    from versadiff.encoders.clip import ClipPair, ClipPairConfig
-
     root = tmp_path_factory.mktemp("vd_guidance")
-    torch.manual_seed(0)
-    ClipPair(ClipPairConfig(text_hidden_size=16, text_layers=1, text_heads=2, text_intermediate_size=32,
-                            vision_hidden_size=16, vision_layers=1, vision_heads=2, vision_intermediate_size=32,
-                            image_size=16, patch_size=8, projection_dim=16, context_length=12)).save_pretrained(root / "clip")
-    TextVAE(TextVAEConfig(latent_size=8, bert_hidden_size=16, bert_layers=1, bert_heads=2, bert_intermediate_size=32,
-                          gpt2_hidden_size=16, gpt2_layers=1, gpt2_heads=2, max_decoder_length=24)).save_pretrained(root / "tvae")
-    AutoencoderKL(KLConfig(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, z_channels=4, norm_groups=4,
-                           mid_attention=False, scale_factor=1.0)).save_pretrained(root / "kl")
+    write_tiny_vd_parts(root)
     cfg = load_config("vd_shapes", [
         "model.model_channels=16", "model.context_dim=16", "model.text_dim=8", "model.image_size=16",
         "model.num_heads=2", "model.data_streams=[image, text]", "model.norm_groups=8",
