@@ -9,7 +9,7 @@ from versadiff.component import ComponentConfig, Registry
 from versadiff.conditioning import drop_condition, null_condition
 from versadiff.flows import FLOWS, flow_entries
 from versadiff.nets import build_net
-from versadiff.train.trainer import param_groups
+from versadiff.train.optim import param_groups
 
 
 def test_registry_builds_by_type_and_names_choices():

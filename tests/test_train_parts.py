@@ -1,4 +1,5 @@
-"""Trainer parts without a training loop: EMA arithmetic, atomic checkpoint directories, run folders, stats log."""
+"""Trainer parts without a training loop: EMA arithmetic, the optimizer, atomic checkpoint directories, run folders,
+stats log."""
 
 import json
 
@@ -9,6 +10,7 @@ from torch import nn
 from versadiff.train import checkpoint as ck
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger
+from versadiff.train.optim import adamw, fused_applies
 from versadiff.train.rundir import new_run_dir
 
 
@@ -51,6 +53,24 @@ def _write(step):
         ck.save_tensors(tmp / "ema.safetensors", {"w": torch.full((2,), float(step))})
         (tmp / "state.json").write_text(json.dumps({"step": step}))
     return write
+
+
+def test_adamw_is_fused_on_plain_cpu_parameters_and_updates_as_the_foreach_form():
+    nets = [_net(), _net()]
+    kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01)
+    fused = adamw([{"params": list(nets[0].parameters())}], **kw)
+    plain = adamw([{"params": list(nets[1].parameters())}], fused=False, **kw)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    x = torch.randn(8, 3, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(*(n.parameters() for n in nets)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    plain.load_state_dict(fused.state_dict())  # one state layout: a checkpoint loads into either form
+    assert not fused_applies([]) and not fused_applies([torch.zeros(2, dtype=torch.int64)])
 
 
 def test_checkpoints_atomic_and_pruned(tmp_path):

@@ -52,10 +52,11 @@ from versadiff.train import checkpoint as ck
 from versadiff.train import distributed as dist_
 from versadiff.train.ema import EMA
 from versadiff.train.logging import StatsLogger, Trackers, check_trackers, plot_run, read_stats, tracker_names
+from versadiff.train.optim import adamw, param_groups
 from versadiff.train.rundir import RUN_FILES, RUN_SUBDIRS, move_run_files_aside, new_run_dir
 from versadiff.weights import CONFIG_KEY, INFO_KEY
 
-__all__ = ["Trainer", "train", "export_weights", "resolve_resume", "resume_config", "param_groups"]
+__all__ = ["Trainer", "train", "export_weights", "resolve_resume", "resume_config"]
 
 
 def _seed_for(*parts: int) -> int:
@@ -320,8 +321,9 @@ class Trainer:
         if self.fsdp:
             self.ema_net.cpu()
         groups, self.grad_mults = param_groups(net, tc.param_groups, tc.lr)
-        optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
-                                      weight_decay=tc.weight_decay)
+        # FSDP shards the parameters after this point (DTensors), which the fused kernel does not take
+        optimizer = adamw(groups, lr=tc.lr, betas=tuple(tc.adam_betas), eps=tc.adam_eps,
+                          weight_decay=tc.weight_decay, fused=False if self.fsdp else None)
         # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it per process).
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_lambda(tc.warmup_steps))
         # self.net is the plain module (EMA, checkpoints, export); self.model the compiled/DDP-wrapped view
@@ -1109,31 +1111,6 @@ def export_weights(source: str | Path, out: str | Path, *, force: bool = False) 
     out.parent.mkdir(parents=True, exist_ok=True)
     ck.save_tensors(out, tensors, meta)
     return out
-
-
-def param_groups(net: torch.nn.Module, spec: list[dict[str, Any]], lr: float) -> tuple[list[dict[str, Any]], list]:
-    """Optimizer parameter groups from `train.param_groups` (first matching regex wins), and the
-    (parameters, gradient multiplier) pairs to apply after backward. With no spec: one group, no multipliers."""
-    import re
-
-    params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
-    if not spec:
-        return [{"params": [p for _, p in params]}], []
-    rules = [(re.compile(g["match"]), float(g.get("lr_mult", 1.0)), float(g.get("grad_mult", 1.0))) for g in spec]
-    buckets: dict[int, list] = {}
-    for name, p in params:
-        i = next((k for k, (rx, _, _) in enumerate(rules) if rx.search(name)), len(rules))
-        buckets.setdefault(i, []).append(p)
-    for k, (rx, _, _) in enumerate(rules):
-        if k not in buckets:
-            raise ValueError(f"train.param_groups[{k}].match {rx.pattern!r} matches no parameter of the network")
-    groups, mults = [], []
-    for i in sorted(buckets):
-        lr_mult, grad_mult = (rules[i][1], rules[i][2]) if i < len(rules) else (1.0, 1.0)
-        groups.append({"params": buckets[i], "lr": lr * lr_mult})
-        if grad_mult != 1.0:
-            mults.append((buckets[i], grad_mult))
-    return groups, mults
 
 
 def train(cfg: RunConfig | None, *, out: str | Path | None = None, runs_root: str | Path = "runs",
