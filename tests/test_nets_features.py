@@ -66,6 +66,30 @@ def test_fp16_attention_keeps_softmax_in_fp32():
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=1e-2)
 
 
+def test_bf16_training_attention_takes_the_explicit_path_with_sdpas_values_and_gradients():
+    from versadiff.nets import layers
+
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn(2, 2, 17, 8, generator=g) for _ in range(3)]
+    ref = [t.clone().requires_grad_(True) for t in base]
+    out_ref = torch.nn.functional.scaled_dot_product_attention(*ref)
+    out_ref.square().sum().backward()
+    got = [t.bfloat16().requires_grad_(True) for t in base]
+    assert layers._explicit_attention(got[0], got[1])
+    out = attention(*got)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    torch.testing.assert_close(out.float(), out_ref.detach(), atol=3e-2, rtol=3e-2)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=6e-2, rtol=5e-2)
+    # inference, fp32 and very long sequences keep SDPA's kernel
+    with torch.no_grad():
+        assert not layers._explicit_attention(got[0], got[1])
+    assert not layers._explicit_attention(ref[0], ref[1])
+    long_q = torch.empty(16, 8, 2048, 8, dtype=torch.bfloat16, requires_grad=True)
+    assert not layers._explicit_attention(long_q, long_q)
+
+
 @pytest.mark.parametrize("spec", [TINY_UNET, TINY_UVIT], ids=["unet", "uvit"])
 def test_checkpointing_saves_most_activation_memory(spec):
     net = build_net(spec).train()
