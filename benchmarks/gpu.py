@@ -8,12 +8,15 @@ becomes a row saying so and the others still run):
   matmul   the measured matmul peak per dtype (4096^3 on GPU, 2048^3 on CPU; 256^3 in --smoke): "% of peak"
            below divides by these
   unet     the tiny UNet (unet_tiny, conv resampling) vs the diffusers UNet2DModel of about the same size
-           (benchmarks/nets.py's pair): training img/s (fwd + bwd + AdamW) and sampling img/s (a DDIM loop:
+           (benchmarks/nets.py's pair): training img/s (fwd + bwd + each library's AdamW step: versadiff's trainer's,
+           fused where it applies; torch's default for diffusers) and sampling img/s (a DDIM loop:
            versadiff's sampler against diffusers' DDIMScheduler loop), interleaved call by call
-  compiled the same pair again with our network eager, in channels_last and under torch.compile (sampling only:
-           versadiff.nets.speed.compile_net, inductor, falling back to eager with a warning), all interleaved with
-           the eager diffusers peer: training and sampling img/s
-  uvit     U-ViT-S/2 forward and training img/s in every dtype and its % of the measured matmul peak
+  compiled the same pair again with our network eager, in channels_last and under torch.compile
+           (versadiff.nets.speed.compile_net, inductor, falling back to eager with a warning; its training graph
+           compiles in the untimed warm-up call), all interleaved with the eager diffusers peer: training and
+           sampling img/s
+  uvit     U-ViT-S/2 forward and training img/s in every dtype and its % of the measured matmul peak, at
+           batch 4 and 16 on a CPU, 64 on a GPU
   vd       VD text->image (the shipped vd-shapes miniature), eager and with generate(compile=True), vs diffusers'
            VersatileDiffusionTextToImagePipeline on the same weights (benchmarks/vd_speed.py's set-up)
   vq       VQ-Diffusion text->image, eager and compiled, vs diffusers' VQDiffusionPipeline on the same weights (benchmarks/
@@ -46,7 +49,7 @@ sys.path.insert(0, str(HERE))
 import nets as nets_bench  # noqa: E402  (benchmarks/nets.py: the diffusers peer and the FLOP counter)
 
 SECTIONS = ("matmul", "unet", "uvit", "vd", "vq", "compiled")  # compiled last: its compiles are the slowest part
-TIMEOUT_S = {"matmul": 30, "unet": 90, "uvit": 60, "vd": 90, "vq": 90, "compiled": 200}
+TIMEOUT_S = {"matmul": 30, "unet": 90, "uvit": 60, "vd": 120, "vq": 120, "compiled": 200}
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -154,13 +157,18 @@ class Bench:
         return {k: m.to(self.device) for k, m in models.items()}, flops
 
     def _train_steps(self, models: dict[str, torch.nn.Module], x: torch.Tensor, t: torch.Tensor,
-                     dtype: str) -> dict[str, Callable[[], None]]:
-        """One AdamW training step per model (a fresh optimizer each), on the same batch, for interleaved()."""
-        opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
+                     dtype: str, peer: str) -> dict[str, Callable[[], None]]:
+        """One AdamW training step per model (a fresh optimizer each), on the same batch, for interleaved(). Each
+        library's step is its trainer's: versadiff's AdamW (fused where it applies, versadiff.train.optim) for
+        ours, torch.optim.AdamW with its defaults (the multi-tensor form, as diffusers' training examples) for
+        `peer`."""
+        opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) if k == peer else _our_adamw(m)
+                for k, m in models.items()}
 
         def train_step(name: str) -> Callable[[], None]:
             def step() -> None:
-                m = models[name].train()
+                m = models[name]
+                m.train()  # not m = m.train(): a CompiledNet's train() is its network's and returns the network
                 opts[name].zero_grad(set_to_none=True)
                 with self.autocast(dtype):
                     loss = m(x, t).float().square().mean()
@@ -206,7 +214,7 @@ class Bench:
         x = torch.randn(batch, 3, 32, 32, device=self.device)
         t = torch.rand(batch, device=self.device) * 999
         for dname in self.dtypes:
-            tr = self.interleaved(self._train_steps(models, x, t, dname))
+            tr = self.interleaved(self._train_steps(models, x, t, dname, peer))
             for m in models.values():
                 m.eval()
             sa = self.interleaved({ours: self._our_sampler(our_net, batch, steps, dname),
@@ -246,7 +254,9 @@ class Bench:
             fns = {name: self._our_sampler(m, batch, steps, dname) for name, m in variants.items()}
             fns[peer] = self._diffusers_sampler(peer_net, batch, steps, dname)
             sa = self.interleaved(fns)
-            tr = self.interleaved(self._train_steps({"eager": net, "channels_last": cl, peer: peer_net}, x, t, dname))
+            # training under torch.compile: the same wrapper, which compiles its training graph in the warm-up call
+            train_variants = {"eager": net, "channels_last": cl, "torch.compile": comps["torch.compile"], peer: peer_net}
+            tr = self.interleaved(self._train_steps(train_variants, x, t, dname, peer))
             for name in (*variants, peer):
                 extra = {"compile_s": compile_s[name], "compiled": comps[name].is_compiled} if name in comps else {}
                 label = peer if name == peer else f"{ours}, {name}"
@@ -262,17 +272,19 @@ class Bench:
     def uvit(self) -> None:
         from versadiff.nets import build_net
 
-        name, batch = ("uvit_tiny", 2) if self.smoke else ("uvit_s2", 64 if self.cuda else 4)
+        # batches: the CPU's small one of earlier tables, and 16, where the CPU's matmuls run best
+        name, batches = ("uvit_tiny", (2,)) if self.smoke else ("uvit_s2", (64,) if self.cuda else (4, 16))
         torch.manual_seed(0)
         net = build_net(name)
         x1, t1 = torch.randn(1, 3, 32, 32), torch.rand(1) * 999
         fwd_flops = float(nets_bench.count_flops(net, x1, t1, train=False))
         train_flops = float(nets_bench.count_flops(net, x1, t1, train=True))
         net = net.to(self.device)
-        opt = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        x = torch.randn(batch, 3, 32, 32, device=self.device)
-        t = torch.rand(batch, device=self.device) * 999
-        for dname in self.dtypes:
+        opt = _our_adamw(net)
+        for batch, dname in ((b, d) for b in batches for d in self.dtypes):
+            x = torch.randn(batch, 3, 32, 32, device=self.device)
+            t = torch.rand(batch, device=self.device) * 999
+
             def fwd() -> None:
                 with torch.no_grad(), self.autocast(dname):
                     net.eval()(x, t)
@@ -315,18 +327,22 @@ class Bench:
                "diffusers VersatileDiffusionTextToImagePipeline": lambda: pipe(
                    prompts, num_inference_steps=steps, guidance_scale=scale, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
-        with torch.no_grad():
-            got = self.interleaved(fns)
-        self._pipeline_rows("vd", got, batch, steps)
+        self._pipeline_rows("vd", fns, batch, steps)
 
-    def _pipeline_rows(self, section: str, got: dict[str, dict[str, float]], batch: int, steps: int) -> None:
-        """Rows of a pipeline section and the ratio of each of ours (all but the last entry) to diffusers (the last)."""
-        for name, r in got.items():
-            self.row(section, name, "fp32", batch, sample_img_s=batch / r["s"], sample_steps=steps,
-                     sample_peak_mib=r["peak_mib"])
-        *ours, theirs = got
-        for name in ours:
-            self.ratios.append({"pair": f"{name} / {theirs}", "dtype": "fp32", "sample": got[theirs]["s"] / got[name]["s"]})
+    def _pipeline_rows(self, section: str, fns: dict[str, Callable[[], Any]], batch: int, steps: int) -> None:
+        """Times a pipeline section's calls in fp32 and the first half type (autocast around the whole call; a
+        compiled network compiles again for it in the warm-up call); rows, and the ratio of each of ours (all but
+        the last entry) to diffusers (the last)."""
+        for dname in self.dtypes[:2]:
+            with torch.no_grad(), self.autocast(dname):
+                got = self.interleaved(fns)
+            for name, r in got.items():
+                self.row(section, name, dname, batch, sample_img_s=batch / r["s"], sample_steps=steps,
+                         sample_peak_mib=r["peak_mib"])
+            *ours, theirs = got
+            for name in ours:
+                self.ratios.append({"pair": f"{name} / {theirs}", "dtype": dname,
+                                    "sample": got[theirs]["s"] / got[name]["s"]})
 
     def _vq_model(self, work: Path) -> Any:
         from versadiff.config import load_config
@@ -352,6 +368,10 @@ class Bench:
         with tempfile.TemporaryDirectory() as tmp:
             model = load_model(vq_run) if vq_run else self._vq_model(Path(tmp))
             pipe = t2i.vq_diffusers_pipeline(model).to(self.device)
+        # Under autocast diffusers' VQ-VAE decodes to a half tensor, which the pipeline's .numpy() refuses
+        # (TypeError: unsupported ScalarType BFloat16): its decoder runs outside autocast, as versadiff's codecs do.
+        decode = pipe.vqvae.decode
+        pipe.vqvae.decode = lambda *a, **k: _without_autocast(decode, self.device, *a, **k)
         T = model.sampling.process.num_steps
         batch, w, r = (1 if self.smoke else (32 if self.cuda else 8)), 1.0, 0.8
         prompts = (["a red circle", "a blue square"] * batch)[:batch]
@@ -365,9 +385,18 @@ class Bench:
                "diffusers VQDiffusionPipeline": lambda: pipe(
                    prompts, num_inference_steps=T, guidance_scale=1.0 + w, truncation_rate=r, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
-        with torch.no_grad():
-            got = self.interleaved(fns)
-        self._pipeline_rows("vq", got, batch, T)
+        self._pipeline_rows("vq", fns, batch, T)
+
+
+def _without_autocast(fn: Callable[..., Any], device: torch.device, *args: Any, **kwargs: Any) -> Any:
+    with torch.autocast(device.type, enabled=False):
+        return fn(*args, **kwargs)
+
+
+def _our_adamw(net: torch.nn.Module) -> torch.optim.Optimizer:
+    from versadiff.train.optim import adamw
+
+    return adamw([{"params": list(net.parameters())}], lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
 
 
 def device_name(device: torch.device) -> str:
