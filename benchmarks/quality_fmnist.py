@@ -206,6 +206,25 @@ def score(npz: Path, cache: Path) -> dict[str, float]:
     return {"acc": float(m["fmnist_acc"]), "fd": float(m["fmnist_fd"])}
 
 
+def real_floor(n: int, repeats: int, work: Path, seed: int = 0) -> list[float]:
+    """FD of `repeats` class-balanced sets of n real training images (class i mod 10, as the samples): the
+    metric's floor and spread at sample size n."""
+    from versadiff.data import read_idx, require_fashion_mnist
+
+    root = require_fashion_mnist()
+    images, labels = read_idx(root / "train-images-idx3-ubyte.gz"), read_idx(root / "train-labels-idx1-ubyte.gz")
+    rng = np.random.default_rng(seed)
+    want = np.arange(n, dtype=np.int64) % 10
+    (work / "floor").mkdir(parents=True, exist_ok=True)
+    fds = []
+    for rep in range(repeats):
+        pick = [rng.choice(np.flatnonzero(labels == c)) for c in want]
+        path = work / "floor" / f"real{n}_{rep}.npz"
+        np.savez(path, images=images[pick].astype(np.uint8), labels=want)
+        fds.append(score(path, work / "cache")["fd"])
+    return fds
+
+
 def rows_file(work: Path, contender: str) -> Path:
     """Where a contender's scored settings accumulate, one JSON row per line (the resume record)."""
     return work / "rows" / f"{contender}.jsonl"
@@ -346,10 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="processes at once (one torch thread each)")
     p.add_argument("--skip-train", action="store_true", help="reuse the trained runs in --out")
     p.add_argument("--table", action="store_true", help="only re-render --out/table.md from its results.json")
+    p.add_argument("--real-floor", type=int, metavar="N", help="only score 8 sets of N real images (the FD floor)")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: sample and score one contender
     args = p.parse_args(argv)
     work = Path(args.out).resolve()
     res_path = work / "results.json"
+    if args.real_floor:
+        fds = real_floor(args.real_floor, 8, work)
+        print(f"FD of 8 sets of {args.real_floor} real images: mean {np.mean(fds):.2f}, sd {np.std(fds, ddof=1):.2f}")
+        return 0
     if args.table:
         if not res_path.is_file():
             p.error(f"{res_path} does not exist; run the benchmark first")
