@@ -11,7 +11,7 @@ import torch
 
 from versadiff.config import load_config
 from versadiff.nets import build_net
-from versadiff.nets.speed import channels_last, compile_net, has_convs
+from versadiff.nets.speed import channels_last, compile_net, compile_options, has_convs
 from versadiff.tasks import task_class
 
 TINY = ["model.base_channels=8", "model.norm_groups=4", "model.emb_channels=16", "model.channel_mult=[1,2]",
@@ -74,6 +74,27 @@ def test_generate_with_compile_gives_the_eager_samples(one_thread):
     torch.testing.assert_close(compiled, eager, rtol=0, atol=1e-5)
     again = pipe.generate([0, 1, 2], compile="eager", **kw)  # the same compiled wrapper, reused
     assert torch.equal(again, compiled)
+
+
+def test_compile_argument_names_a_mode_or_a_backend():
+    assert compile_options(True) == {"backend": "inductor"}
+    assert compile_options("max-autotune") == {"backend": "inductor", "mode": "max-autotune"}
+    assert compile_options("eager") == {"backend": "eager"}
+    with pytest.raises(ValueError, match="compile must be True, a torch.compile mode"):
+        compile_options(3)
+
+
+def test_generate_with_inductors_max_autotune_mode_gives_the_eager_samples(one_thread):
+    cfg = load_config("shapes_unet_tiny", TINY + ["model.image_size=16"])
+    torch.manual_seed(0)
+    pipe = task_class(cfg.task).pipeline(build_net(cfg.model).eval(), cfg, {"num_classes": 18, "image_shape": [3, 16, 16]})
+    kw = dict(class_labels=[0, 5], sampler="ddim", steps=2, guidance=1.0)
+    eager = pipe.generate([0, 1], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        tuned = pipe.generate([0, 1], compile="max-autotune", **kw)
+    assert pipe._compiled[1] == "inductor:max-autotune" and pipe._compiled[2].is_compiled
+    torch.testing.assert_close(tuned, eager, rtol=1e-4, atol=1e-4)
 
 
 def test_channels_last_changes_the_layout_not_the_output(one_thread):

@@ -148,8 +148,9 @@ class Pipeline:
         or name, prompt, image). class_labels: the same for class-conditional models. sampler / steps / guidance
         default to the run's `sample` settings; guidance w mixes (1 + w) * cond - w * uncond (w = 0: plain
         conditional), the unconditional branch using the context encoder's null context. compile: run the network
-        of the sampling loop under torch.compile (True: inductor; a string names another backend, e.g. "eager"),
-        kept for later calls; where compiling fails the network runs eagerly after a one-line warning.
+        of the sampling loop under torch.compile (True: inductor; a torch.compile mode such as "max-autotune":
+        inductor in that mode; another string names a backend, e.g. "eager"), kept for later calls; where
+        compiling fails the network runs eagerly after a one-line warning.
         """
         req = self.request(seeds, flow=flow, context=context, class_labels=class_labels, sampler=sampler,
                            steps=steps, guidance=guidance, batch_size=batch_size, truncation=truncation, **options)
@@ -160,7 +161,7 @@ class Pipeline:
         if bound.encoder is not None:
             bound.encoder.to(device)
         shape = self.sample_shape(bound.name)
-        net = self._compiled_net("inductor" if compile is True else str(compile)) if compile else self.net
+        net = self._compiled_net(compile) if compile else self.net
         out: list[Any] = []
         for chunk, inputs in req.batches(batch_size):
             ctx, null = bound.contexts(inputs, len(chunk), device)
@@ -175,13 +176,16 @@ class Pipeline:
         return torch.cat(out) if out else torch.empty(0, *self.data_shapes.get(bound.flow.data, ()))
 
 
-    def _compiled_net(self, backend: str) -> Any:
-        """The network under torch.compile, made once per Pipeline and backend (dynamo recompiles for new shapes)."""
-        from versadiff.nets.speed import compile_net
+    def _compiled_net(self, how: bool | str) -> Any:
+        """The network under torch.compile, made once per Pipeline and backend + mode (dynamo recompiles for new
+        shapes); `how` as generate()'s compile."""
+        from versadiff.nets.speed import compile_net, compile_options
 
+        options = compile_options(how)
+        key = options["backend"] + (f":{options['mode']}" if "mode" in options else "")
         cached = self._compiled
-        if cached is None or cached[0] is not self.net or cached[1] != backend:
-            self._compiled = cached = (self.net, backend, compile_net(self.net, backend=backend))
+        if cached is None or cached[0] is not self.net or cached[1] != key:
+            self._compiled = cached = (self.net, key, compile_net(self.net, **options))
         return cached[2]
 
     # -- one method per VD task (each a flow of the model) -----------------------------------------

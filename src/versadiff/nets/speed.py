@@ -2,6 +2,7 @@
 
     fast = compile_net(net)            # torch.compile (inductor); on any compile failure: eager, one warning
     images = model.generate(range(64), compile=True)     # the same inside Pipeline.generate
+    images = model.generate(range(64), compile="max-autotune")  # inductor's mode that also tunes its matmuls
     net = channels_last(net)           # conv weights in NHWC (in place); outputs follow the weights' layout
 
 Neither changes results beyond float rounding. channels_last is not a default: on the AVX-512 CPU of
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CompiledNet", "compile_net", "channels_last", "has_convs"]
+__all__ = ["CompiledNet", "COMPILE_MODES", "compile_net", "compile_options", "channels_last", "has_convs"]
 
 
 def has_convs(net: nn.Module) -> bool:
@@ -72,6 +73,21 @@ class CompiledNet:
 
     def __getattr__(self, name: str) -> Any:  # config, parameters(), ... of the wrapped network
         return getattr(self.__dict__["net"], name)
+
+
+# torch.compile's modes (all inductor's); any other name given where a mode may go is a backend
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_options(how: bool | str) -> dict[str, Any]:
+    """compile_net's keywords for a `compile=` argument: True is inductor's default mode, a torch.compile mode
+    name ("max-autotune", ...) that mode of inductor, any other string a backend ("eager", "aot_eager", ...)."""
+    if how is True or how == "inductor":
+        return {"backend": "inductor"}
+    if not isinstance(how, str) or not how:
+        raise ValueError(f"compile must be True, a torch.compile mode ({', '.join(COMPILE_MODES)}) or a backend "
+                         f"name, got {how!r}")
+    return {"backend": "inductor", "mode": how} if how in COMPILE_MODES else {"backend": how}
 
 
 def compile_net(net: nn.Module, *, backend: str = "inductor", mode: str | None = None,
