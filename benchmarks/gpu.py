@@ -13,14 +13,15 @@ becomes a row saying so and the others still run):
            versadiff's sampler against diffusers' DDIMScheduler loop), interleaved call by call
   compiled the same pair again with our network eager, in channels_last and under torch.compile
            (versadiff.nets.speed.compile_net, inductor, falling back to eager with a warning; its training graph
-           compiles in the untimed warm-up call), all interleaved with the eager diffusers peer: training and
+           compiles in the untimed warm-up call; sampling also in mode max-autotune-no-cudagraphs), all interleaved with the eager diffusers peer: training and
            sampling img/s
   uvit     U-ViT-S/2 forward and training img/s in every dtype and its % of the measured matmul peak, at
            batch 4 and 16 on a CPU, 64 on a GPU
-  vd       VD text->image (the shipped vd-shapes miniature), eager and with generate(compile=True), vs diffusers'
-           VersatileDiffusionTextToImagePipeline on the same weights (benchmarks/vd_speed.py's set-up)
-  vq       VQ-Diffusion text->image, eager and compiled, vs diffusers' VQDiffusionPipeline on the same weights (benchmarks/
-           text_to_image.py's converter), both taking every step of the process (equal network calls); the model
+  vd       VD text->image (the shipped vd-shapes miniature), eager, with generate(compile=True) and with
+           compile="max-autotune-no-cudagraphs", vs diffusers' VersatileDiffusionTextToImagePipeline on the same
+           weights (benchmarks/vd_speed.py's set-up)
+  vq       VQ-Diffusion text->image, eager and compiled (both modes), vs diffusers' VQDiffusionPipeline on the
+           same weights (benchmarks/text_to_image.py's converter), both taking every step of the process (equal network calls); the model
            is --vq RUN, or one trained for 1 step here (speed does not depend on the weights)
 Writes OUT/gpu_bench.md (the tables) and OUT/gpu_bench.json (every row, the device, the CPU capability).
 Peak memory is torch.cuda.max_memory_allocated per row (GPU only). Dtypes: fp32 and the native half type
@@ -241,6 +242,8 @@ class Bench:
         for dname in self.dtypes[:2]:  # fp32 and the first half type: each dtype is a compile of its own
             # --smoke: dynamo with the eager backend (the compile path without inductor's code generation)
             comps = {"torch.compile": compile_net(net.eval(), backend="eager" if self.smoke else "inductor")}
+            if not self.smoke:  # inductor also tuning its matmuls (on a GPU without CUDA graphs, kept apart below)
+                comps["torch.compile max-autotune"] = compile_net(net, mode="max-autotune-no-cudagraphs")
             if self.cuda:  # CUDA graphs: the tiny UNet's step is launch-bound on a GPU
                 comps["torch.compile reduce-overhead"] = compile_net(net, mode="reduce-overhead")
             compile_s = {}
@@ -324,6 +327,8 @@ class Bench:
                                                compile=compile)
         fns = {"versadiff VD text-to-image (vd-shapes)": ours(False),
                "versadiff VD text-to-image (vd-shapes), torch.compile": ours(compile_with),
+               **({} if self.smoke else {"versadiff VD text-to-image (vd-shapes), torch.compile max-autotune":
+                                         ours("max-autotune-no-cudagraphs")}),
                "diffusers VersatileDiffusionTextToImagePipeline": lambda: pipe(
                    prompts, num_inference_steps=steps, guidance_scale=scale, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
@@ -382,6 +387,7 @@ class Bench:
                                           steps=T, guidance=w, truncation=r, batch_size=batch, device=self.device,
                                           compile=compile)
         fns = {label: ours(False), f"{label}, torch.compile": ours("eager" if self.smoke else True),
+               **({} if self.smoke else {f"{label}, torch.compile max-autotune": ours("max-autotune-no-cudagraphs")}),
                "diffusers VQDiffusionPipeline": lambda: pipe(
                    prompts, num_inference_steps=T, guidance_scale=1.0 + w, truncation_rate=r, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
