@@ -370,7 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     work = Path(args.out).resolve()
     res_path = work / "results.json"
-    if args.real_floor:
+    if args.real_floor is not None:
+        if args.real_floor < 10:
+            p.error(f"--real-floor must be >= 10 (one image per class at least), got {args.real_floor}")
         fds = real_floor(args.real_floor, 8, work)
         print(f"FD of 8 sets of {args.real_floor} real images: mean {np.mean(fds):.2f}, sd {np.std(fds, ddof=1):.2f}")
         return 0
