@@ -69,10 +69,11 @@ _EXPLICIT_ATTENTION_MAX_WEIGHTS = 16 * 2**20
 def _explicit_attention(q: Tensor, k: Tensor) -> bool:
     """Whether to train bf16 attention on a CPU as two matmuls and a softmax instead of SDPA's flash kernel.
 
-    The CPU flash kernel's bf16 backward is slow. Forward + backward, AVX512 + AMX, 1 thread, [B, heads, L, d]:
-    [4, 8, 257, 64] (U-ViT-S/2) 22.7 ms against 11.0 explicit; [64, 2, 50, 64] (fmnist_uvit_tiny) 19.3 against
-    3.8; [32, 4, 256, 32] 57.6 against 44.6; but [16, 8, 1024, 64] (128M weights) 587 against 1226. In fp32 and
-    in inference (no backward) flash is as fast or faster, so only bf16 training takes this path.
+    The CPU flash kernel's bf16 backward is slow. Forward + backward, AVX512 + AMX, 1 thread, [B, heads, L, d]
+    (benchmarks/cpu_training.py): [4, 8, 257, 64] (U-ViT-S/2) 18.5 ms against 8.7 explicit; [64, 2, 50, 64]
+    (fmnist_uvit_tiny) 17.5 against 2.9; [32, 4, 256, 32] 49.8 against 45.6; but [16, 8, 1024, 64] (128M
+    weights) 551 against 1204. In fp32 and in inference (no backward) flash is as fast or faster, so only bf16
+    training takes this path.
     """
     return (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
             and (q.requires_grad or k.requires_grad)

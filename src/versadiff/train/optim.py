@@ -2,7 +2,7 @@
 
 The fused AdamW updates every tensor in one pass over its parameter, moments and gradient instead of the ~10
 passes of the multi-tensor ("foreach") form. On U-ViT-S/2 (44M parameters, AVX512 CPU, 1 thread) a step took
-54 ms against 206 ms (benchmarks/README.md). It is the same update up to float rounding, and its state dict
+53 ms against 141 ms (benchmarks/cpu_training.py). It is the same update up to float rounding, and its state dict
 has the same keys, so checkpoints load either way.
 """
 
