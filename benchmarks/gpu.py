@@ -13,16 +13,17 @@ becomes a row saying so and the others still run):
            versadiff's sampler against diffusers' DDIMScheduler loop), interleaved call by call
   compiled the same pair again with our network eager, in channels_last and under torch.compile
            (versadiff.nets.speed.compile_net, inductor, falling back to eager with a warning; its training graph
-           compiles in the untimed warm-up call; sampling also in mode max-autotune-no-cudagraphs), all interleaved with the eager diffusers peer: training and
-           sampling img/s
+           compiles in the untimed warm-up call; sampling also in mode max-autotune-no-cudagraphs), all
+           interleaved with the eager diffusers peer: training and sampling img/s
   uvit     U-ViT-S/2 forward and training img/s in every dtype and its % of the measured matmul peak, at
            batch 4 and 16 on a CPU, 64 on a GPU
   vd       VD text->image (the shipped vd-shapes miniature), eager, with generate(compile=True) and with
            compile="max-autotune-no-cudagraphs", vs diffusers' VersatileDiffusionTextToImagePipeline on the same
            weights (benchmarks/vd_speed.py's set-up)
   vq       VQ-Diffusion text->image, eager and compiled (both modes), vs diffusers' VQDiffusionPipeline on the
-           same weights (benchmarks/text_to_image.py's converter), both taking every step of the process (equal network calls); the model
-           is --vq RUN, or one trained for 1 step here (speed does not depend on the weights)
+           same weights (benchmarks/text_to_image.py's converter), both taking every step of the process (equal
+           network calls); the model is --vq RUN, or one trained for 1 step here (speed does not depend on the
+           weights)
 Writes OUT/gpu_bench.md (the tables) and OUT/gpu_bench.json (every row, the device, the CPU capability).
 Peak memory is torch.cuda.max_memory_allocated per row (GPU only). Dtypes: fp32 and the native half type
 (bf16 where supported, per versadiff.precision; fp16 too on a GPU), autocast.
@@ -242,7 +243,7 @@ class Bench:
         for dname in self.dtypes[:2]:  # fp32 and the first half type: each dtype is a compile of its own
             # --smoke: dynamo with the eager backend (the compile path without inductor's code generation)
             comps = {"torch.compile": compile_net(net.eval(), backend="eager" if self.smoke else "inductor")}
-            if not self.smoke:  # inductor also tuning its matmuls (on a GPU without CUDA graphs, kept apart below)
+            if not self.smoke:  # inductor also tuning its matmuls (no CUDA graphs: those are reduce-overhead's row)
                 comps["torch.compile max-autotune"] = compile_net(net, mode="max-autotune-no-cudagraphs")
             if self.cuda:  # CUDA graphs: the tiny UNet's step is launch-bound on a GPU
                 comps["torch.compile reduce-overhead"] = compile_net(net, mode="reduce-overhead")
@@ -258,7 +259,8 @@ class Bench:
             fns[peer] = self._diffusers_sampler(peer_net, batch, steps, dname)
             sa = self.interleaved(fns)
             # training under torch.compile: the same wrapper, which compiles its training graph in the warm-up call
-            train_variants = {"eager": net, "channels_last": cl, "torch.compile": comps["torch.compile"], peer: peer_net}
+            train_variants = {"eager": net, "channels_last": cl, "torch.compile": comps["torch.compile"],
+                              peer: peer_net}
             tr = self.interleaved(self._train_steps(train_variants, x, t, dname, peer))
             for name in (*variants, peer):
                 extra = {"compile_s": compile_s[name], "compiled": comps[name].is_compiled} if name in comps else {}
@@ -332,9 +334,9 @@ class Bench:
                "diffusers VersatileDiffusionTextToImagePipeline": lambda: pipe(
                    prompts, num_inference_steps=steps, guidance_scale=scale, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
-        self._pipeline_rows("vd", fns, batch, steps)
+        self._time_pipelines("vd", fns, batch, steps)
 
-    def _pipeline_rows(self, section: str, fns: dict[str, Callable[[], Any]], batch: int, steps: int) -> None:
+    def _time_pipelines(self, section: str, fns: dict[str, Callable[[], Any]], batch: int, steps: int) -> None:
         """Times a pipeline section's calls in fp32 and the first half type (autocast around the whole call; a
         compiled network compiles again for it in the warm-up call); rows, and the ratio of each of ours (all but
         the last entry) to diffusers (the last)."""
@@ -391,7 +393,7 @@ class Bench:
                "diffusers VQDiffusionPipeline": lambda: pipe(
                    prompts, num_inference_steps=T, guidance_scale=1.0 + w, truncation_rate=r, output_type="np",
                    generator=torch.Generator(self.device).manual_seed(0))}
-        self._pipeline_rows("vq", fns, batch, T)
+        self._time_pipelines("vq", fns, batch, T)
 
 
 def _without_autocast(fn: Callable[..., Any], device: torch.device, *args: Any, **kwargs: Any) -> Any:

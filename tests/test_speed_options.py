@@ -25,6 +25,13 @@ def _tiny_unet():
                       "resblock_resample": False}).eval()
 
 
+def _tiny_pipeline():
+    cfg = load_config("shapes_unet_tiny", TINY + ["model.image_size=16"])
+    torch.manual_seed(0)
+    info = {"num_classes": 18, "image_shape": [3, 16, 16]}
+    return task_class(cfg.task).pipeline(build_net(cfg.model).eval(), cfg, info)
+
+
 def _broken_backend(gm, example_inputs):  # a torch.compile backend whose compiler fails, as a missing C++ one does
     raise RuntimeError("no C++ compiler found\nsecond line of the compiler's report")
 
@@ -64,9 +71,7 @@ def test_inductor_compiled_network_matches_eager(one_thread):
 
 
 def test_generate_with_compile_gives_the_eager_samples(one_thread):
-    cfg = load_config("shapes_unet_tiny", TINY + ["model.image_size=16"])
-    torch.manual_seed(0)
-    pipe = task_class(cfg.task).pipeline(build_net(cfg.model).eval(), cfg, {"num_classes": 18, "image_shape": [3, 16, 16]})
+    pipe = _tiny_pipeline()
     kw = dict(class_labels=[0, 5, 17], sampler="dpmpp", steps=3, guidance=1.0)
     eager = pipe.generate([0, 1, 2], **kw)
     compiled = pipe.generate([0, 1, 2], compile="eager", **kw)
@@ -85,9 +90,7 @@ def test_compile_argument_names_a_mode_or_a_backend():
 
 
 def test_generate_with_inductors_max_autotune_mode_gives_the_eager_samples(one_thread):
-    cfg = load_config("shapes_unet_tiny", TINY + ["model.image_size=16"])
-    torch.manual_seed(0)
-    pipe = task_class(cfg.task).pipeline(build_net(cfg.model).eval(), cfg, {"num_classes": 18, "image_shape": [3, 16, 16]})
+    pipe = _tiny_pipeline()
     kw = dict(class_labels=[0, 5], sampler="ddim", steps=2, guidance=1.0)
     eager = pipe.generate([0, 1], **kw)
     with warnings.catch_warnings():
