@@ -7,6 +7,9 @@
   adamw      one AdamW step on U-ViT-S/2's 44M parameters: torch's multi-tensor form against the fused kernel
              (versadiff.train.optim.adamw)
   step       a whole fmnist_uvit_tiny training step (batch 64, bf16 autocast) with the explicit path on and off
+  matmul     (run alone: --sections matmul) GFLOP/s of U-ViT-S/2's bf16 matmuls at batch 16 (4112 token rows):
+             the forward form x W^T against the weight gradient's g^T x, beside the 2048^3 peak
+  profile    (run alone) where one U-ViT-S/2 bf16 training step at batch 16 spends its time (torch.profiler)
 Each figure is the best of --repeats (5) calls, interleaved. Prints a markdown table with the CPU capability.
 """
 
@@ -102,21 +105,75 @@ def step_rows(repeats: int) -> list[tuple[str, str, float, float]]:
     return [("fmnist_uvit_tiny training step, batch 64", "ms", got["flash"], got["explicit"])]
 
 
+def matmul_report(repeats: int) -> None:
+    bf = torch.bfloat16
+    a = torch.randn(2048, 2048, dtype=bf)
+    peak = 2 * 2048**3 / best_ms({"mm": lambda: a @ a}, repeats)["mm"] / 1e6
+    print(f"2048^3 bf16 matmul: {peak:.0f} GFLOP/s\n")
+    print("| U-ViT-S/2 layer [rows, in] -> out | x W^T (forward) GFLOP/s | g^T x (weight gradient) GFLOP/s |")
+    print("|---|---|---|")
+    rows = 16 * 257
+    for d_in, d_out in ((512, 1536), (512, 2048), (2048, 512)):
+        x, w = torch.randn(rows, d_in, dtype=bf), torch.randn(d_out, d_in, dtype=bf)
+        g = torch.randn(rows, d_out, dtype=bf)
+        got = best_ms({"fwd": lambda: x @ w.t(), "dw": lambda: g.t() @ x}, repeats)
+        gflop = 2 * rows * d_in * d_out / 1e6
+        print(f"| [{rows}, {d_in}] -> {d_out} | {gflop / got['fwd']:.0f} | {gflop / got['dw']:.0f} |")
+
+
+def profile_report(repeats: int) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from versadiff.nets import build_net
+    from versadiff.train.optim import adamw
+
+    torch.manual_seed(0)
+    net = build_net("uvit_s2")
+    opt = adamw([{"params": list(net.parameters())}], lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    x, t = torch.randn(16, 3, 32, 32), torch.rand(16) * 999
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net.train()(x, t).float().square().mean()
+        loss.backward()
+        opt.step()
+
+    for _ in range(max(1, repeats // 2)):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"one U-ViT-S/2 bf16 training step, batch 16: {total / 1e3:.0f} ms of operator time\n")
+    print("| operator | share |")
+    print("|---|---|")
+    for e in events[:12]:
+        print(f"| {e.key} | {100 * e.self_cpu_time_total / total:.1f}% |")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="attention,adamw,step", help="comma list of attention, adamw, step")
+    p.add_argument("--sections", default="attention,adamw,step",
+                   help="comma list of attention, adamw, step; or one of matmul, profile (their own tables)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls of each variant (the best counts)")
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be >= 1, got {args.repeats}")
     sections = {"attention": attention_rows, "adamw": adamw_rows, "step": step_rows}
+    reports = {"matmul": matmul_report, "profile": profile_report}
     chosen = [s.strip() for s in args.sections.split(",") if s.strip()]
-    bad = [s for s in chosen if s not in sections]
+    bad = [s for s in chosen if s not in sections and s not in reports]
     if bad or not chosen:
-        p.error(f"unknown sections {bad}; choose from {', '.join(sections)}")
+        p.error(f"unknown sections {bad}; choose from {', '.join([*sections, *reports])}")
+    if any(s in reports for s in chosen) and len(chosen) > 1:
+        p.error(f"{', '.join(reports)} print their own tables: give one of them alone to --sections")
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"CPU capability {cap}, {torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}\n")
+    if chosen[0] in reports:
+        reports[chosen[0]](args.repeats)
+        return 0
     print("| what | unit | before (flash / multi-tensor) | now (explicit / fused) | speed-up |")
     print("|---|---|---|---|---|")
     for name in chosen:

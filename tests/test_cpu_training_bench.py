@@ -30,3 +30,5 @@ def test_step_section_prints_its_row_with_the_cpu_capability():
 def test_unknown_section_is_a_one_line_error():
     proc = _run("--sections", "attention,nope")
     assert proc.returncode == 2 and "unknown sections ['nope']" in proc.stderr
+    proc = _run("--sections", "profile,step")
+    assert proc.returncode == 2 and "give one of them alone" in proc.stderr
